@@ -1,0 +1,67 @@
+public import Logging
+public import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+
+/// The listeners of one broker, as a `Service`: `run()` binds them, serves until graceful
+/// shutdown, then stops accepting. Only the executable owns the `ServiceGroup`.
+public final class MQTTServer: Service {
+    public struct Configuration: Sendable {
+        public var listeners: [ListenAddress]
+        public var limits: MQTTConnectionLimits
+
+        public init(listeners: [ListenAddress], limits: MQTTConnectionLimits = MQTTConnectionLimits()) {
+            self.listeners = listeners
+            self.limits = limits
+        }
+    }
+
+    private let configuration: Configuration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        var channels: [any Channel] = []
+        do {
+            for listener in configuration.listeners {
+                let channel = try await bind(listener)
+                channels.append(channel)
+                let port = channel.localAddress?.port ?? listener.port
+                logger.info("listening on \(ListenAddress(kind: listener.kind, host: listener.host, port: port))")
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        let listening = channels
+        try await withGracefulShutdownHandler {
+            for channel in listening { try await channel.closeFuture.get() }
+        } onGracefulShutdown: {
+            for channel in listening { channel.close(promise: nil) }
+        }
+        logger.info("listeners closed")
+    }
+
+    private func bind(_ listener: ListenAddress) async throws -> any Channel {
+        let limits = configuration.limits
+        let logger = self.logger
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureMQTTServerPipeline(limits: limits, logger: logger)
+                }
+            }
+            .bind(host: listener.host, port: listener.port)
+            .get()
+    }
+}

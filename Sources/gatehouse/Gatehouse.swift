@@ -1,0 +1,22 @@
+import ArgumentParser
+
+@main
+struct Gatehouse: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gatehouse",
+        abstract: "A secure MQTT 3.1.1 and 5.0 broker for IoT fleets.",
+        discussion: """
+            Gatehouse is built to authenticate every CONNECT against an embedded identity store \
+            and to authorize every PUBLISH and SUBSCRIBE with a role-based topic ACL. This build \
+            has the MQTT codec and the listener; sessions, identities and ACLs are on the way.
+
+            Run 'gatehouse serve' to start the listener with its defaults.
+            """,
+        version: GatehouseVersion.current,
+        subcommands: [Serve.self]
+    )
+}
+
+enum GatehouseVersion {
+    static let current = "0.1.0"
+}
