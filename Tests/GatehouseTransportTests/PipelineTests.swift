@@ -12,7 +12,7 @@ struct PipelineTests {
     private func makeChannel(limits: MQTTConnectionLimits = MQTTConnectionLimits()) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.configureMQTTServerPipeline(
-            limits: limits, logger: Logger(label: "test"))
+            limits: limits, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return channel
     }

@@ -1,0 +1,26 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Micro benchmarks, apart from the main package so that CI's debug build never compiles
+// them. Run: swift package --allow-writing-to-package-directory benchmark
+let package = Package(
+    name: "GatehouseBenchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "gatehouse", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "MQTTCodec",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "MQTTCore", package: "gatehouse"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Benchmarks/MQTTCodec",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        )
+    ]
+)
