@@ -17,6 +17,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
@@ -34,6 +35,8 @@ let package = Package(
             dependencies: [
                 "MQTTCore", "GatehouseAuth",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -52,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "gatehouse",
             dependencies: [
-                "GatehouseTransport", "GatehouseBroker",
+                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -76,13 +79,18 @@ let package = Package(
         .testTarget(name: "GatehouseAuthTests", dependencies: ["GatehouseAuth"], swiftSettings: strictSettings),
         .testTarget(
             name: "GatehouseBrokerTests",
-            dependencies: ["GatehouseBroker", "MQTTCore"],
+            dependencies: [
+                "GatehouseBroker", "GatehouseAuth", "MQTTCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "GatehouseTransportTests",
             dependencies: [
-                "GatehouseTransport", "MQTTCore",
+                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "MQTTCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

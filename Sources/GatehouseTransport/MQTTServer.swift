@@ -1,4 +1,6 @@
+public import GatehouseBroker
 public import Logging
+import MQTTCore
 public import NIOCore
 import NIOPosix
 public import ServiceLifecycle
@@ -17,11 +19,13 @@ public final class MQTTServer: Service {
     }
 
     private let configuration: Configuration
+    private let broker: Broker
     private let group: any EventLoopGroup
     private let logger: Logger
 
-    public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger) {
+    public init(configuration: Configuration, broker: Broker, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
+        self.broker = broker
         self.group = group
         self.logger = logger
     }
@@ -40,10 +44,13 @@ public final class MQTTServer: Service {
             throw error
         }
         let listening = channels
+        let broker = self.broker
         try await withGracefulShutdownHandler {
             for channel in listening { try await channel.closeFuture.get() }
         } onGracefulShutdown: {
+            // Stop accepting first, then tell every client why it is being disconnected.
             for channel in listening { channel.close(promise: nil) }
+            broker.disconnectAll(reason: .serverShuttingDown)
         }
         logger.info("listeners closed")
     }
@@ -51,6 +58,7 @@ public final class MQTTServer: Service {
     private func bind(_ listener: ListenAddress) async throws -> any Channel {
         let limits = configuration.limits
         let logger = self.logger
+        let broker = self.broker
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -58,7 +66,8 @@ public final class MQTTServer: Service {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureMQTTServerPipeline(limits: limits, logger: logger)
+                    try channel.pipeline.syncOperations.configureMQTTServerPipeline(
+                        broker: broker, eventLoop: channel.eventLoop, limits: limits, logger: logger)
                 }
             }
             .bind(host: listener.host, port: listener.port)

@@ -1,3 +1,4 @@
+public import GatehouseBroker
 public import Logging
 import MQTTCore
 public import NIOCore
@@ -19,8 +20,15 @@ public struct MQTTConnectionLimits: Sendable {
 extension ChannelPipeline.SynchronousOperations {
     /// The one place the server pipeline is built: frame decoder, then the connection handler.
     /// TLS and WebSocket handlers go in front of it, never inside.
-    public func configureMQTTServerPipeline(limits: MQTTConnectionLimits, logger: Logger) throws {
+    public func configureMQTTServerPipeline(
+        broker: Broker,
+        eventLoop: any EventLoop,
+        limits: MQTTConnectionLimits,
+        logger: Logger
+    ) throws {
         try addHandler(ByteToMessageHandler(MQTTFrameDecoder(maximumPacketSize: limits.maximumPacketSize)))
-        try addHandler(MQTTConnectionHandler(connectTimeout: limits.connectTimeout, logger: logger))
+        try addHandler(
+            BrokerConnectionHandler(
+                broker: broker, eventLoop: eventLoop, connectTimeout: limits.connectTimeout, logger: logger))
     }
 }

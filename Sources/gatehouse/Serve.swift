@@ -1,4 +1,6 @@
 import ArgumentParser
+import GatehouseAuth
+import GatehouseBroker
 import GatehouseTransport
 import Logging
 import NIOCore
@@ -10,9 +12,9 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the broker until SIGTERM or SIGINT.",
         discussion: """
-            Listens on mqtt://127.0.0.1:1883 unless --listen says otherwise. This build speaks \
-            the MQTT wire protocol but refuses sessions (CONNACK 'Server unavailable') until the \
-            broker core lands. Port 0 picks a free port; the log line 'listening on …' names it.
+            Listens on mqtt://127.0.0.1:1883 unless --listen says otherwise. Port 0 picks a free \
+            port; the log line 'listening on …' names it. Every CONNECT is refused unless \
+            --allow-anonymous is given: identities and ACLs are not built yet.
             """
     )
 
@@ -27,6 +29,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Seconds a new connection has to send CONNECT.")
     var connectTimeout: Int = 10
+
+    @Flag(help: "Accept every client without credentials and allow it every topic. Development only.")
+    var allowAnonymous = false
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
     var logLevel: LogLevel = .info
@@ -50,6 +55,20 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "gatehouse")
         let addresses = try listeners.map { try ListenAddress(parsing: $0) }
+        var brokerConfiguration = BrokerConfiguration()
+        brokerConfiguration.maximumPacketSize = maxPacketSize
+        let broker: Broker
+        if allowAnonymous {
+            logger.warning("ANONYMOUS ACCESS IS ON: any client may connect and use every topic")
+            broker = Broker(
+                configuration: brokerConfiguration, authenticator: AnonymousAuthenticator(),
+                authorizer: AllowAllAuthorizer(), logger: logger)
+        } else {
+            logger.notice("no authentication method is configured: every CONNECT will be refused")
+            broker = Broker(
+                configuration: brokerConfiguration, authenticator: AuthenticatorChain([]),
+                authorizer: AllowAllAuthorizer(), logger: logger)
+        }
         let server = MQTTServer(
             configuration: .init(
                 listeners: addresses,
@@ -58,6 +77,7 @@ struct Serve: AsyncParsableCommand {
                     connectTimeout: .seconds(Int64(connectTimeout))
                 )
             ),
+            broker: broker,
             group: MultiThreadedEventLoopGroup.singleton,
             logger: logger
         )

@@ -1,3 +1,5 @@
+import GatehouseAuth
+import GatehouseBroker
 import GatehouseTransport
 import Logging
 import MQTTCore
@@ -5,74 +7,90 @@ import NIOCore
 import NIOEmbedded
 import Testing
 
-/// The server pipeline as built by `configureMQTTServerPipeline`, driven through an
-/// `EmbeddedChannel` with bytes a client would send.
-@Suite("server pipeline")
+/// The server pipeline as built by `configureMQTTServerPipeline`, driven through NIO's
+/// thread-safe testing channel (authentication completes off the event loop).
+@Suite("server pipeline", .timeLimit(.minutes(1)))
 struct PipelineTests {
-    private func makeChannel(limits: MQTTConnectionLimits = MQTTConnectionLimits()) throws -> EmbeddedChannel {
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.configureMQTTServerPipeline(
-            limits: limits, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    /// A broker whose only authenticator chain is empty: every CONNECT is refused.
+    private func makeChannel(limits: MQTTConnectionLimits = MQTTConnectionLimits()) async throws
+        -> NIOAsyncTestingChannel
+    {
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let broker = Broker(
+            configuration: BrokerConfiguration(), authenticator: AuthenticatorChain([]),
+            authorizer: AllowAllAuthorizer(), logger: logger)
+        let channel = NIOAsyncTestingChannel()
+        try await channel.testingEventLoop.executeInContext {
+            try channel.pipeline.syncOperations.configureMQTTServerPipeline(
+                broker: broker, eventLoop: channel.eventLoop, limits: limits, logger: logger)
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).get()
         return channel
     }
 
-    private func written(_ channel: EmbeddedChannel) throws -> String? {
-        try channel.readOutbound(as: ByteBuffer.self).map { buffer in
-            buffer.readableBytesView.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
-        }
+    private func written(_ channel: NIOAsyncTestingChannel) async throws -> String {
+        await channel.testingEventLoop.run()
+        let buffer = try await channel.waitForOutboundWrite(as: ByteBuffer.self)
+        return buffer.readableBytesView.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
     }
 
-    @Test("a 5.0 CONNECT gets CONNACK 0x88 and the connection closes")
-    func connect5() throws {
-        let channel = try makeChannel()
-        try channel.writeInbound(
+    private func closed(_ channel: NIOAsyncTestingChannel) async throws -> Bool {
+        await channel.testingEventLoop.run()
+        try await channel.closeFuture.get()
+        return !channel.isActive
+    }
+
+    @Test("with no authentication method, a 5.0 CONNECT gets CONNACK 0x87 and the connection closes")
+    func connect5() async throws {
+        let channel = try await makeChannel()
+        try await channel.writeInbound(
             try MQTTPacket.connect(.init(protocolVersion: .v5, clientIdentifier: "d1")).encoded(version: .v5))
-        #expect(try written(channel) == "2003008800")
-        #expect(!channel.isActive)
+        #expect(try await written(channel) == "2003008700")
+        #expect(try await closed(channel))
     }
 
-    @Test("a 3.1.1 CONNECT gets return code 3")
-    func connect311() throws {
-        let channel = try makeChannel()
-        try channel.writeInbound(
-            try MQTTPacket.connect(.init(protocolVersion: .v311, clientIdentifier: "d1")).encoded(version: .v311))
-        #expect(try written(channel) == "20020003")
-        #expect(!channel.isActive)
+    @Test("a 3.1.1 CONNECT with a password gets return code 4, bad user name or password")
+    func connect311() async throws {
+        let channel = try await makeChannel()
+        let connect = MQTTPacket.connect(
+            .init(protocolVersion: .v311, clientIdentifier: "d1", username: "u", password: [1]))
+        try await channel.writeInbound(try connect.encoded(version: .v311))
+        #expect(try await written(channel) == "20020004")
+        #expect(try await closed(channel))
     }
 
     @Test("MQTT 3.1 gets return code 1, unacceptable protocol version")
-    func connect31() throws {
-        let channel = try makeChannel()
+    func connect31() async throws {
+        let channel = try await makeChannel()
         let mqisdp: [UInt8] = [0x10, 0x0E, 0x00, 0x06] + Array("MQIsdp".utf8) + [0x03, 0x02, 0x00, 0x0A, 0x00, 0x00]
-        _ = try? channel.writeInbound(ByteBuffer(bytes: mqisdp))
-        #expect(try written(channel) == "20020001")
-        #expect(!channel.isActive)
+        _ = try? await channel.writeInbound(ByteBuffer(bytes: mqisdp))
+        #expect(try await written(channel) == "20020001")
+        #expect(try await closed(channel))
     }
 
     @Test("garbage closes the connection without a reply")
-    func garbage() throws {
-        let channel = try makeChannel()
-        _ = try? channel.writeInbound(ByteBuffer(bytes: [0x00, 0x00]))
-        #expect(try written(channel) == nil)
-        #expect(!channel.isActive)
+    func garbage() async throws {
+        let channel = try await makeChannel()
+        _ = try? await channel.writeInbound(ByteBuffer(bytes: [0x00, 0x00]))
+        #expect(try await closed(channel))
+        #expect(try await channel.readOutbound(as: ByteBuffer.self) == nil)
     }
 
     @Test("an oversize first packet is refused from its header")
-    func oversize() throws {
-        let channel = try makeChannel(limits: MQTTConnectionLimits(maximumPacketSize: 128))
-        _ = try? channel.writeInbound(ByteBuffer(bytes: [0x10, 0xFF, 0x7F]))
-        #expect(try written(channel) == nil)
-        #expect(!channel.isActive)
+    func oversize() async throws {
+        let channel = try await makeChannel(limits: MQTTConnectionLimits(maximumPacketSize: 128))
+        _ = try? await channel.writeInbound(ByteBuffer(bytes: [0x10, 0xFF, 0x7F]))
+        #expect(try await closed(channel))
+        #expect(try await channel.readOutbound(as: ByteBuffer.self) == nil)
     }
 
     @Test("a connection that sends nothing is closed at the connect timeout")
-    func connectTimeout() throws {
-        let channel = try makeChannel(limits: MQTTConnectionLimits(connectTimeout: .seconds(5)))
-        channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+    func connectTimeout() async throws {
+        let channel = try await makeChannel(limits: MQTTConnectionLimits(connectTimeout: .seconds(5)))
+        await channel.testingEventLoop.advanceTime(by: .seconds(4))
         #expect(channel.isActive)
-        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
-        #expect(!channel.isActive)
+        await channel.testingEventLoop.advanceTime(by: .seconds(1))
+        #expect(try await closed(channel))
     }
 }
 

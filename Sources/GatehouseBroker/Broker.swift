@@ -1,0 +1,232 @@
+public import GatehouseAuth
+public import Logging
+public import MQTTCore
+import NIOConcurrencyHelpers
+public import NIOCore
+
+/// Limits and defaults that every connection of one broker shares.
+public struct BrokerConfiguration: Sendable {
+    /// QoS 1 and 2 messages a 3.1.1 client may have unacknowledged (5.0 clients say their own).
+    public var maximumInflightMessages = 20
+    /// Messages queued for a session beyond its in-flight window; QoS 0 is dropped first.
+    public var maximumQueuedMessages = 1_000
+    /// QoS 2 PUBLISHes a client may have unreleased; announced as Receive Maximum.
+    public var receiveMaximum: UInt16 = 100
+    /// Topic aliases a 5.0 client may use towards the broker.
+    public var topicAliasMaximum: UInt16 = 10
+    /// Largest packet accepted; announced as Maximum Packet Size.
+    public var maximumPacketSize = 1_048_576
+
+    public init() {}
+}
+
+/// The broker state shared by every connection: sessions, the subscription index and the
+/// retained messages. Connections live on their own event loops; nothing here holds a lock
+/// across the publish path except each target session's own.
+public final class Broker: Sendable {
+    public let configuration: BrokerConfiguration
+    public let authenticator: any Authenticator
+    public let authorizer: any Authorizer
+    public let subscriptions = SubscriptionIndex()
+    public let retained = RetainedStore()
+    let logger: Logger
+    private let sessions = NIOLockedValueBox<[String: Session]>([:])
+
+    public init(
+        configuration: BrokerConfiguration,
+        authenticator: any Authenticator,
+        authorizer: any Authorizer,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.logger = logger
+    }
+
+    public var sessionCount: Int { sessions.withLockedValue { $0.count } }
+
+    public func session(clientID: String) -> Session? {
+        sessions.withLockedValue { $0[clientID] }
+    }
+
+    // MARK: Connect and disconnect
+
+    public struct OpenedSession {
+        public var session: Session
+        public var sessionPresent: Bool
+        /// The connection this one takes over from, to be disconnected. [MQTT-3.1.4-3]
+        public var previousConnection: (any SessionConnection)?
+    }
+
+    /// Finds or creates the client's session and attaches `connection` to it. Clean Start
+    /// discards an existing session first. [MQTT-3.1.2-4]
+    public func openSession(
+        clientID: String,
+        cleanStart: Bool,
+        expiryInterval: UInt32,
+        receiveMaximum: Int,
+        principal: Principal,
+        connection: any SessionConnection
+    ) -> OpenedSession {
+        let (session, present, discarded) = sessions.withLockedValue { sessions in
+            let existing = sessions[clientID]
+            if let existing, !cleanStart {
+                return (existing, true, nil as Session?)
+            }
+            let fresh = Session(
+                clientID: clientID,
+                principal: principal,
+                expiryInterval: expiryInterval,
+                maximumQueuedMessages: configuration.maximumQueuedMessages
+            )
+            sessions[clientID] = fresh
+            return (fresh, false, existing)
+        }
+        var previous = session.attach(
+            connection, principal: principal, receiveMaximum: receiveMaximum, expiryInterval: expiryInterval)
+        if let discarded {
+            previous = discarded.detachAll() ?? previous
+            removeSubscriptions(of: discarded)
+        }
+        return OpenedSession(session: session, sessionPresent: present, previousConnection: previous)
+    }
+
+    /// The connection ended. A session with expiry 0 ends with it; others stay for their
+    /// expiry interval. [MQTT-3.1.2-23]
+    public func connectionClosed(_ connection: any SessionConnection, session: Session, on eventLoop: any EventLoop) {
+        guard session.detach(connection) else { return }  // taken over: the new owner keeps it
+        let expiry = session.expiryInterval
+        if expiry == 0 {
+            discard(session)
+        } else if expiry != UInt32.max {
+            eventLoop.scheduleTask(in: .seconds(Int64(expiry))) { [self] in
+                if !session.isConnected { discard(session) }
+            }
+        }
+    }
+
+    private func discard(_ session: Session) {
+        let removed = sessions.withLockedValue { sessions in
+            guard sessions[session.clientID] === session else { return false }
+            sessions[session.clientID] = nil
+            return true
+        }
+        if removed { removeSubscriptions(of: session) }
+    }
+
+    private func removeSubscriptions(of session: Session) {
+        let filters = session.subscribedFilters
+        guard !filters.isEmpty else { return }
+        subscriptions.update { trie in
+            for filter in filters { trie.remove(clientID: session.clientID, filter: filter) }
+        }
+    }
+
+    /// Ends every connection, as at shutdown.
+    public func disconnectAll(reason: MQTTReasonCode) {
+        let all = sessions.withLockedValue { Array($0.values) }
+        for session in all {
+            if let connection = session.detachAll() { connection.disconnect(reason: reason) }
+        }
+    }
+
+    // MARK: Subscriptions
+
+    /// Records a subscription and returns the retained messages it should receive.
+    public func subscribe(
+        _ session: Session,
+        filter: MQTTTopicFilter,
+        options: MQTTPacket.SubscriptionOptions,
+        identifier: UInt32?
+    ) -> [RoutedMessage] {
+        let entry = SubscriptionEntry(clientID: session.clientID, options: options, identifier: identifier)
+        let existed = session.recordSubscription(entry, filter: filter.filter)
+        subscriptions.update { trie in trie.insert(entry, filter: filter.filter) }
+        switch options.retainHandling {
+        case .sendOnSubscribe: return retained.matching(filter: filter.filter)
+        case .sendOnNewSubscription: return existed ? [] : retained.matching(filter: filter.filter)
+        case .doNotSend: return []
+        }
+    }
+
+    public func unsubscribe(_ session: Session, filter: String) -> Bool {
+        guard session.forgetSubscription(filter: filter) else { return false }
+        subscriptions.update { trie in trie.remove(clientID: session.clientID, filter: filter) }
+        return true
+    }
+
+    // MARK: Routing
+
+    /// Routes an accepted message to every matching session the subscriber may read it in.
+    /// Connections to wake are appended to `wakes`, so the caller can wake each event loop
+    /// once per read cycle. Returns how many sessions it reached.
+    @discardableResult
+    public func publish(_ message: RoutedMessage, wakes: inout [any SessionConnection]) -> Int {
+        if message.retain { retained.store(message) }
+        let deliveries = subscriptions.snapshot.match(
+            topic: message.topic, publisherClientID: message.publisherClientID)
+        guard !deliveries.isEmpty else { return 0 }
+        var reached = 0
+        let targets = sessions.withLockedValue { sessions in
+            deliveries.compactMap { clientID, delivery in sessions[clientID].map { ($0, delivery) } }
+        }
+        for (session, delivery) in targets {
+            guard authorizer.authorize(session.principal, .read, topic: message.topic) == .accept else { continue }
+            let queued = QueuedMessage(
+                message: message,
+                qos: min(message.qos, delivery.qos),
+                retain: delivery.retainAsPublished && message.retain,
+                subscriptionIdentifiers: delivery.subscriptionIdentifiers
+            )
+            reached += 1
+            if let connection = session.enqueue(queued) { wakes.append(connection) }
+        }
+        return reached
+    }
+
+    /// Retained messages for a new subscription go to that session alone, flagged retained.
+    public func deliverRetained(
+        _ messages: [RoutedMessage],
+        to session: Session,
+        options: MQTTPacket.SubscriptionOptions,
+        identifier: UInt32?,
+        wakes: inout [any SessionConnection]
+    ) {
+        for message in messages {
+            guard authorizer.authorize(session.principal, .read, topic: message.topic) == .accept else { continue }
+            let queued = QueuedMessage(
+                message: message,
+                qos: min(message.qos, options.qos),
+                retain: true,
+                subscriptionIdentifiers: identifier.map { [$0] } ?? []
+            )
+            if let connection = session.enqueue(queued) { wakes.append(connection) }
+        }
+    }
+}
+
+extension Session {
+    /// Detaches whatever connection is attached and returns it.
+    func detachAll() -> (any SessionConnection)? {
+        guard let current = currentConnection else { return nil }
+        return detach(current) ? current : nil
+    }
+}
+
+/// Wakes each connection once, with one task per event loop. [DESIGN: batch per loop]
+public func wake(_ connections: [any SessionConnection]) {
+    guard !connections.isEmpty else { return }
+    var byLoop: [ObjectIdentifier: (any EventLoop, [any SessionConnection])] = [:]
+    for connection in connections {
+        let key = ObjectIdentifier(connection.eventLoop)
+        byLoop[key, default: (connection.eventLoop, [])].1.append(connection)
+    }
+    for (loop, batch) in byLoop.values {
+        if loop.inEventLoop {
+            for connection in batch { connection.sessionHasOutput() }
+        } else {
+            loop.execute { for connection in batch { connection.sessionHasOutput() } }
+        }
+    }
+}

@@ -1,0 +1,494 @@
+import GatehouseAuth
+public import Logging
+public import MQTTCore
+public import NIOCore
+
+/// One client connection: the MQTT protocol from CONNECT to close, on the connection's event
+/// loop. Broker-wide state (sessions, subscriptions, retained messages) lives in `Broker`.
+public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnection, @unchecked Sendable {
+    public typealias InboundIn = MQTTPacket
+    public typealias OutboundOut = ByteBuffer
+
+    /// The connection's protocol state. Every transition happens on `eventLoop`.
+    enum State {
+        case awaitingConnect
+        /// CONNECT is being authenticated off the loop; packets that arrive meanwhile wait.
+        case authenticating(pending: [MQTTPacket])
+        case connected(Connected)
+        case closed
+    }
+
+    struct Connected {
+        var version: MQTTProtocolVersion
+        var session: Session
+        var principal: Principal
+        var will: MQTTPacket.Will?
+        var inboundTopicAliases: [UInt16: String] = [:]
+        /// The client's Maximum Packet Size: larger messages are not sent to it. [MQTT-3.1.2-24]
+        var clientMaximumPacketSize: Int
+    }
+
+    // Only touched on the event loop (hence @unchecked Sendable for the protocol's sake).
+    private var state: State = .awaitingConnect
+    private var context: ChannelHandlerContext?
+    private var wakes: [any SessionConnection] = []
+    private var connectTimeoutTask: Scheduled<Void>?
+    private var logger: Logger
+    private let broker: Broker
+    private let connectTimeout: TimeAmount
+    public let eventLoop: any EventLoop
+
+    public init(broker: Broker, eventLoop: any EventLoop, connectTimeout: TimeAmount, logger: Logger) {
+        self.broker = broker
+        self.eventLoop = eventLoop
+        self.connectTimeout = connectTimeout
+        self.logger = logger
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if let remote = context.remoteAddress { logger[metadataKey: "remote"] = "\(remote)" }
+        connectTimeoutTask = eventLoop.scheduleTask(in: connectTimeout) { [self] in
+            if case .awaitingConnect = state {
+                logger.debug("no CONNECT within the connect timeout")
+                close(sendingDisconnect: nil)
+            }
+        }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        connectTimeoutTask?.cancel()
+        self.context = nil
+    }
+
+    // MARK: Inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        handle(unwrapInboundIn(data))
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        flushWakes()
+        context.fireChannelReadComplete()
+    }
+
+    private func flushWakes() {
+        guard !wakes.isEmpty else { return }
+        let batch = wakes
+        wakes.removeAll(keepingCapacity: true)
+        wake(batch)
+    }
+
+    private func handle(_ packet: MQTTPacket) {
+        switch state {
+        case .awaitingConnect:
+            guard case .connect(let connect) = packet else {
+                close(sendingDisconnect: nil)  // [MQTT-3.1.0-1]
+                return
+            }
+            connectTimeoutTask?.cancel()
+            beginConnect(connect)
+        case .authenticating(var pending):
+            pending.append(packet)
+            state = .authenticating(pending: pending)
+        case .connected(let connected):
+            handleConnected(packet, connected)
+        case .closed:
+            break
+        }
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let violation = error as? MQTTProtocolViolation else {
+            logger.debug("connection error", metadata: ["error": "\(error)"])
+            close(sendingDisconnect: nil)
+            return
+        }
+        logger.info("protocol violation", metadata: ["violation": "\(violation)", "reason": "\(violation.reasonCode)"])
+        switch state {
+        case .awaitingConnect:
+            // An unknown level gets the 3.1.1 return code 1, which every version reads. [MQTT-3.1.2-2]
+            if case .unsupportedProtocolVersion = violation {
+                sendAndClose(.connack(.init(reasonCode: .unsupportedProtocolVersion)), version: .v311)
+            } else {
+                close(sendingDisconnect: nil)
+            }
+        default:
+            close(sendingDisconnect: violation.reasonCode)
+        }
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            logger.info("keep-alive timeout")
+            close(sendingDisconnect: .keepAliveTimeout)  // [MQTT-3.1.2-22]
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        connectionEnded()
+        context.fireChannelInactive()
+    }
+
+    // MARK: CONNECT
+
+    private func beginConnect(_ connect: MQTTPacket.Connect) {
+        var clientID = connect.clientIdentifier
+        var assignedIdentifier: String?
+        if clientID.isEmpty {
+            // 3.1.1 assigns an identifier only to a clean session. [MQTT-3.1.3-8]
+            guard connect.protocolVersion == .v5 || connect.cleanStart else {
+                sendAndClose(.connack(.init(reasonCode: .clientIdentifierNotValid)), version: connect.protocolVersion)
+                return
+            }
+            clientID = "gatehouse-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+            assignedIdentifier = clientID
+        }
+        logger[metadataKey: "client_id"] = "\(clientID)"
+        let credentials = ConnectCredentials(
+            clientIdentifier: clientID,
+            username: connect.username,
+            password: connect.password,
+            remoteAddress: context?.remoteAddress?.description
+        )
+        state = .authenticating(pending: [])
+        let authenticator = broker.authenticator
+        let outcome = eventLoop.makePromise(of: AuthenticationOutcome.self)
+        outcome.completeWithTask { await authenticator.authenticate(credentials) }
+        outcome.futureResult.assumeIsolatedUnsafeUnchecked().whenSuccess { [self] result in
+            finishConnect(connect, clientID: clientID, assignedIdentifier: assignedIdentifier, outcome: result)
+        }
+    }
+
+    private func finishConnect(
+        _ connect: MQTTPacket.Connect,
+        clientID: String,
+        assignedIdentifier: String?,
+        outcome: AuthenticationOutcome
+    ) {
+        guard case .authenticating(let pending) = state else { return }
+        let version = connect.protocolVersion
+        guard case .accepted(let principal) = outcome else {
+            // The same answer whatever was wrong. [issue: no detail to the client]
+            let code: MQTTReasonCode =
+                connect.username == nil && connect.password == nil ? .notAuthorized : .badUserNameOrPassword
+            logger.info("authentication refused")
+            sendAndClose(.connack(.init(reasonCode: code)), version: version)
+            return
+        }
+        let configuration = broker.configuration
+        let expiry: UInt32 =
+            version == .v5 ? (connect.properties.sessionExpiryInterval ?? 0) : (connect.cleanStart ? 0 : UInt32.max)
+        let receiveMaximum =
+            version == .v5
+            ? Int(connect.properties.receiveMaximum ?? UInt16.max) : configuration.maximumInflightMessages
+        let opened = broker.openSession(
+            clientID: clientID,
+            cleanStart: connect.cleanStart,
+            expiryInterval: expiry,
+            receiveMaximum: receiveMaximum,
+            principal: principal,
+            connection: self
+        )
+        if let previous = opened.previousConnection {
+            logger.info("session taken over")
+            previous.disconnect(reason: .sessionTakenOver)
+        }
+        state = .connected(
+            Connected(
+                version: version,
+                session: opened.session,
+                principal: principal,
+                will: connect.will,
+                clientMaximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32.max)
+            ))
+
+        var properties: [MQTTProperty] = []
+        if version == .v5 {
+            if let assignedIdentifier { properties.append(.assignedClientIdentifier(assignedIdentifier)) }
+            properties += [
+                .receiveMaximum(configuration.receiveMaximum),
+                .topicAliasMaximum(configuration.topicAliasMaximum),
+                .maximumPacketSize(UInt32(configuration.maximumPacketSize)),
+                .retainAvailable(1),
+                .wildcardSubscriptionAvailable(1),
+                .subscriptionIdentifierAvailable(1),
+                .sharedSubscriptionAvailable(0),
+            ]
+        }
+        let sessionPresent = opened.sessionPresent && !connect.cleanStart
+        send(
+            .connack(
+                .init(sessionPresent: sessionPresent, reasonCode: .success, properties: MQTTProperties(properties))))
+        if connect.keepAlive > 0, let context {
+            // The client has one and a half keep-alive periods to send anything. [MQTT-3.1.2-24]
+            let timeout = TimeAmount.milliseconds(Int64(connect.keepAlive) * 1_500)
+            try? context.pipeline.syncOperations.addHandler(
+                IdleStateHandler(readTimeout: timeout), position: .before(self))
+        }
+        logger.debug("connected", metadata: ["version": "\(version)", "session_present": "\(sessionPresent)"])
+        sessionHasOutput()
+        for packet in pending { handle(packet) }
+        flushWakes()
+    }
+
+    // MARK: Connected
+
+    private func handleConnected(_ packet: MQTTPacket, _ connected: Connected) {
+        let session = connected.session
+        switch packet {
+        case .publish(let publish):
+            receivePublish(publish, connected)
+        case .puback(let ack):
+            if session.completeOutbound(ack.packetIdentifier) { sessionHasOutput() }
+        case .pubrec(let ack):
+            if ack.reasonCode.isFailure {
+                if session.completeOutbound(ack.packetIdentifier) { sessionHasOutput() }
+            } else if session.releaseOutbound(ack.packetIdentifier) {
+                send(.pubrel(.init(packetIdentifier: ack.packetIdentifier)))
+            } else {
+                send(.pubrel(.init(packetIdentifier: ack.packetIdentifier, reasonCode: .packetIdentifierNotFound)))
+            }
+        case .pubcomp(let ack):
+            if session.completeOutbound(ack.packetIdentifier) { sessionHasOutput() }
+        case .pubrel(let ack):
+            let known = session.releaseInboundQoS2(ack.packetIdentifier)
+            send(
+                .pubcomp(
+                    .init(
+                        packetIdentifier: ack.packetIdentifier, reasonCode: known ? .success : .packetIdentifierNotFound
+                    )))
+        case .subscribe(let subscribe):
+            receiveSubscribe(subscribe, connected)
+        case .unsubscribe(let unsubscribe):
+            let codes = unsubscribe.topicFilters.map { filter -> MQTTReasonCode in
+                broker.unsubscribe(session, filter: filter) ? .success : .noSubscriptionExisted
+            }
+            send(
+                .unsuback(
+                    .init(
+                        packetIdentifier: unsubscribe.packetIdentifier,
+                        reasonCodes: connected.version == .v5 ? codes : [])))
+        case .pingreq:
+            send(.pingresp)
+        case .disconnect(let disconnect):
+            receiveDisconnect(disconnect, connected)
+        case .connect:
+            close(sendingDisconnect: .protocolError)  // a second CONNECT [MQTT-3.1.0-2]
+        case .auth:
+            close(sendingDisconnect: .protocolError)  // no extended authentication was started
+        case .connack, .suback, .unsuback, .pingresp:
+            close(sendingDisconnect: .protocolError)  // server-to-client packets
+        }
+    }
+
+    private func receivePublish(_ publish: MQTTPacket.Publish, _ connected: Connected) {
+        var connected = connected
+        let version = connected.version
+        // Topic alias: a name sets the alias, an empty name uses it. [MQTT-3.3.2-12]
+        var topic = publish.topicName
+        if let alias = publish.properties.topicAlias {
+            guard alias <= broker.configuration.topicAliasMaximum else {
+                close(sendingDisconnect: .topicAliasInvalid)
+                return
+            }
+            if topic.isEmpty {
+                guard let known = connected.inboundTopicAliases[alias] else {
+                    close(sendingDisconnect: .protocolError)
+                    return
+                }
+                topic = known
+            } else {
+                connected.inboundTopicAliases[alias] = topic
+                state = .connected(connected)
+            }
+        }
+        if publish.qos == .exactlyOnce && connected.session.inboundQoS2Count >= Int(broker.configuration.receiveMaximum)
+        {
+            close(sendingDisconnect: .receiveMaximumExceeded)  // [MQTT-3.3.4-9]
+            return
+        }
+        var code: MQTTReasonCode = .success
+        if publish.properties.payloadFormatIndicator == 1
+            && String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
+        {
+            code = .payloadFormatInvalid
+        } else if topic.utf8.first == UInt8(ascii: "$")
+            || broker.authorizer.authorize(connected.principal, .publish, topic: topic) == .reject
+        {
+            // Clients never publish into $-topics; the broker owns them.
+            code = .notAuthorized
+        }
+
+        let isNewQoS2 = publish.qos != .exactlyOnce || connected.session.receiveInboundQoS2(publish.packetIdentifier)
+        if code == .success && isNewQoS2 {
+            let message = RoutedMessage(
+                publish: publish, topic: topic, publisherClientID: connected.session.clientID, now: .now())
+            let reached = broker.publish(message, wakes: &wakes)
+            logger.trace("routed", metadata: ["topic": "\(topic)", "reached": "\(reached)", "wakes": "\(wakes.count)"])
+            if reached == 0 && version == .v5 { code = .noMatchingSubscribers }
+        } else if code.isFailure {
+            logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(code)"])
+            // A refused QoS 2 message is not held for PUBREL.
+            if publish.qos == .exactlyOnce { _ = connected.session.releaseInboundQoS2(publish.packetIdentifier) }
+        }
+        // 3.1.1 has no way to say no: acknowledge and drop. [MQTT-3.3.5-2]
+        let wireCode: MQTTReasonCode = version == .v5 ? code : .success
+        switch publish.qos {
+        case .atMostOnce: break
+        case .atLeastOnce: send(.puback(.init(packetIdentifier: publish.packetIdentifier, reasonCode: wireCode)))
+        case .exactlyOnce: send(.pubrec(.init(packetIdentifier: publish.packetIdentifier, reasonCode: wireCode)))
+        }
+    }
+
+    private func receiveSubscribe(_ subscribe: MQTTPacket.Subscribe, _ connected: Connected) {
+        let identifier = subscribe.properties.subscriptionIdentifiers.first
+        var codes: [MQTTReasonCode] = []
+        for subscription in subscribe.subscriptions {
+            let filter: MQTTTopicFilter
+            do {
+                filter = try MQTTTopicFilter(parsing: subscription.topicFilter)
+            } catch {
+                codes.append(error.reasonCode)
+                continue
+            }
+            guard !filter.isShared else {
+                codes.append(.sharedSubscriptionsNotSupported)
+                continue
+            }
+            guard broker.authorizer.authorize(connected.principal, .subscribe, topic: filter.filter) == .accept else {
+                codes.append(.notAuthorized)
+                continue
+            }
+            let retained = broker.subscribe(
+                connected.session, filter: filter, options: subscription.options, identifier: identifier)
+            broker.deliverRetained(
+                retained, to: connected.session, options: subscription.options, identifier: identifier, wakes: &wakes)
+            codes.append(MQTTReasonCode(rawValue: subscription.options.qos.rawValue))
+        }
+        // SUBACK goes before the retained messages it unlocks: those wait for the drain.
+        send(.suback(.init(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes)))
+    }
+
+    private func receiveDisconnect(_ disconnect: MQTTPacket.Disconnect, _ connected: Connected) {
+        var connected = connected
+        if let expiry = disconnect.properties.sessionExpiryInterval {
+            // A session that was to end with the connection cannot be made to outlive it. [MQTT-3.14.2-2]
+            if connected.session.expiryInterval == 0 && expiry != 0 {
+                close(sendingDisconnect: .protocolError)
+                return
+            }
+            connected.session.expiryInterval = expiry
+        }
+        // A normal DISCONNECT discards the Will; 0x04 asks for it. [MQTT-3.1.2-10]
+        if disconnect.reasonCode != .disconnectWithWillMessage { connected.will = nil }
+        state = .connected(connected)
+        close(sendingDisconnect: nil)
+    }
+
+    // MARK: Outbound
+
+    /// Drains the session into the socket and flushes once.
+    public func sessionHasOutput() {
+        guard case .connected(let connected) = state, let context else { return }
+        let now = NIODeadline.now()
+        var wrote = false
+        for outgoing in connected.session.takeOutgoing(now: now) {
+            switch outgoing {
+            case .pubrel(let identifier):
+                write(.pubrel(.init(packetIdentifier: identifier)), version: connected.version, context: context)
+                wrote = true
+            case .publish(let queued, let identifier, let duplicate):
+                let packet = MQTTPacket.publish(
+                    queued.message.packet(
+                        qos: queued.qos,
+                        retain: queued.retain,
+                        packetIdentifier: identifier,
+                        duplicate: duplicate,
+                        subscriptionIdentifiers: connected.version == .v5 ? queued.subscriptionIdentifiers : [],
+                        now: now
+                    ))
+                guard let bytes = try? packet.encoded(version: connected.version, allocator: context.channel.allocator),
+                    bytes.readableBytes <= connected.clientMaximumPacketSize
+                else {
+                    // Too large for this client: dropped as if delivered. [MQTT-3.1.2-25]
+                    if queued.qos != .atMostOnce { _ = connected.session.completeOutbound(identifier) }
+                    continue
+                }
+                context.write(wrapOutboundOut(bytes), promise: nil)
+                wrote = true
+            }
+        }
+        if wrote { context.flush() }
+    }
+
+    public func disconnect(reason: MQTTReasonCode) {
+        eventLoop.execute { [self] in close(sendingDisconnect: reason) }
+    }
+
+    private func send(_ packet: MQTTPacket) {
+        guard let context, case .connected(let connected) = state else { return }
+        write(packet, version: connected.version, context: context)
+        context.flush()
+    }
+
+    private func write(_ packet: MQTTPacket, version: MQTTProtocolVersion, context: ChannelHandlerContext) {
+        do {
+            context.write(
+                wrapOutboundOut(try packet.encoded(version: version, allocator: context.channel.allocator)),
+                promise: nil)
+        } catch {
+            logger.error("could not encode \(packet.type)", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func sendAndClose(_ packet: MQTTPacket, version: MQTTProtocolVersion) {
+        guard let context else { return }
+        state = .closed
+        if let bytes = try? packet.encoded(version: version, allocator: context.channel.allocator) {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    /// Closes the connection; a 5.0 client first gets DISCONNECT with `reason`.
+    private func close(sendingDisconnect reason: MQTTReasonCode?) {
+        guard let context else { return }
+        if let reason, case .connected(let connected) = state, connected.version == .v5 {
+            write(.disconnect(.init(reasonCode: reason)), version: .v5, context: context)
+            context.flush()
+        }
+        context.close(promise: nil)
+    }
+
+    /// The socket is gone: publish the Will unless a normal DISCONNECT discarded it, and let
+    /// the broker decide whether the session lives on. [MQTT-3.1.2-8]
+    private func connectionEnded() {
+        guard case .connected(let connected) = state else {
+            state = .closed
+            return
+        }
+        state = .closed
+        // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
+        flushWakes()
+        if let will = connected.will,
+            broker.authorizer.authorize(connected.principal, .publish, topic: will.topic) == .accept
+        {
+            let message = RoutedMessage(
+                publish: MQTTPacket.Publish(
+                    topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+                    properties: will.properties),
+                topic: will.topic,
+                publisherClientID: connected.session.clientID,
+                now: .now()
+            )
+            broker.publish(message, wakes: &wakes)
+            flushWakes()
+        }
+        broker.connectionClosed(self, session: connected.session, on: eventLoop)
+    }
+}

@@ -1,0 +1,230 @@
+public import GatehouseAuth
+public import MQTTCore
+import NIOConcurrencyHelpers
+public import NIOCore
+
+/// The connection a session is attached to. Its methods are called on its event loop.
+public protocol SessionConnection: AnyObject, Sendable {
+    var eventLoop: any EventLoop { get }
+    /// The session has messages to send: drain them and flush once.
+    func sessionHasOutput()
+    /// The broker ends the connection (session taken over, shutdown, revocation).
+    func disconnect(reason: MQTTReasonCode)
+}
+
+/// A message waiting for its turn in the in-flight window.
+struct QueuedMessage: Sendable {
+    var message: RoutedMessage
+    var qos: MQTTQoS
+    var retain: Bool
+    var subscriptionIdentifiers: [UInt32]
+}
+
+/// What the connection writes next for its session.
+enum OutgoingPacket: Sendable {
+    case publish(QueuedMessage, packetIdentifier: UInt16, duplicate: Bool)
+    case pubrel(UInt16)
+}
+
+/// One client's session: subscriptions, queued and in-flight messages, QoS 2 state. It
+/// outlives connections when the client asks for a persistent session.
+///
+/// Its state is behind its own lock, because publishers on any event loop enqueue into it;
+/// the lock is per session, so no two sessions ever contend.
+public final class Session: @unchecked Sendable {
+    public let clientID: String
+
+    private struct InflightMessage {
+        var queued: QueuedMessage
+        /// After PUBREC the message is done with; only PUBREL/PUBCOMP remain.
+        var released: Bool
+        var sequence: UInt64
+    }
+
+    private let lock = NIOLock()
+    // Guarded by `lock`:
+    private var connection: (any SessionConnection)?
+    private var _principal: Principal
+    private var _expiryInterval: UInt32
+    private var receiveMaximum: Int
+    private var subscriptionFilters: [String: SubscriptionEntry] = [:]
+    private var queue = CircularBuffer<QueuedMessage>()
+    private var inflight: [UInt16: InflightMessage] = [:]
+    private var inboundQoS2: Set<UInt16> = []
+    private var nextPacketIdentifier: UInt16 = 1
+    private var nextSequence: UInt64 = 0
+    private var drainScheduled = false
+    private var resendInflight = false
+    private var droppedMessages = 0
+    private let maximumQueuedMessages: Int
+
+    init(clientID: String, principal: Principal, expiryInterval: UInt32, maximumQueuedMessages: Int) {
+        self.clientID = clientID
+        self._principal = principal
+        self._expiryInterval = expiryInterval
+        self.receiveMaximum = 1
+        self.maximumQueuedMessages = maximumQueuedMessages
+    }
+
+    public var principal: Principal { lock.withLock { _principal } }
+    public var expiryInterval: UInt32 {
+        get { lock.withLock { _expiryInterval } }
+        set { lock.withLock { _expiryInterval = newValue } }
+    }
+    public var isConnected: Bool { lock.withLock { connection != nil } }
+    public var subscriptionCount: Int { lock.withLock { subscriptionFilters.count } }
+    public var queuedCount: Int { lock.withLock { queue.count } }
+    public var droppedCount: Int { lock.withLock { droppedMessages } }
+
+    /// Attaches a new connection; in-flight messages are sent again (with DUP) on its first
+    /// drain. Returns the connection it replaces, if any.
+    func attach(
+        _ newConnection: any SessionConnection,
+        principal: Principal,
+        receiveMaximum: Int,
+        expiryInterval: UInt32
+    ) -> (any SessionConnection)? {
+        lock.withLock {
+            let previous = connection
+            connection = newConnection
+            _principal = principal
+            self.receiveMaximum = max(1, receiveMaximum)
+            _expiryInterval = expiryInterval
+            resendInflight = !inflight.isEmpty
+            drainScheduled = false
+            return previous
+        }
+    }
+
+    /// Detaches `oldConnection` if it is still the current one; returns whether it was.
+    func detach(_ oldConnection: any SessionConnection) -> Bool {
+        lock.withLock {
+            guard connection === oldConnection else { return false }
+            connection = nil
+            return true
+        }
+    }
+
+    var currentConnection: (any SessionConnection)? { lock.withLock { connection } }
+
+    func isAttached(to candidate: any SessionConnection) -> Bool {
+        lock.withLock { connection === candidate }
+    }
+
+    // MARK: Subscriptions
+
+    func recordSubscription(_ entry: SubscriptionEntry, filter: String) -> Bool {
+        lock.withLock { subscriptionFilters.updateValue(entry, forKey: filter) != nil }
+    }
+
+    func forgetSubscription(filter: String) -> Bool {
+        lock.withLock { subscriptionFilters.removeValue(forKey: filter) != nil }
+    }
+
+    var subscribedFilters: [String] { lock.withLock { Array(subscriptionFilters.keys) } }
+
+    // MARK: Outbound
+
+    /// Queues a delivery. Returns the connection to wake if this delivery is the first since
+    /// its last drain; the caller wakes it (batched per event loop).
+    func enqueue(_ queued: QueuedMessage) -> (any SessionConnection)? {
+        lock.withLock {
+            // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
+            if connection == nil && queued.qos == .atMostOnce { return nil }
+            if queue.count >= maximumQueuedMessages {
+                // Full: QoS 0 goes first, the new message's or the oldest queued one's.
+                if queued.qos == .atMostOnce {
+                    droppedMessages += 1
+                    return nil
+                }
+                if let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) {
+                    queue.remove(at: index)
+                } else {
+                    droppedMessages += 1
+                    return nil
+                }
+                droppedMessages += 1
+            }
+            queue.append(queued)
+            guard let connection, !drainScheduled else { return nil }
+            drainScheduled = true
+            return connection
+        }
+    }
+
+    /// Takes what may be sent now: in-flight messages to resend, then queued messages while
+    /// the client's receive maximum allows. [MQTT-4.9.0-2]
+    func takeOutgoing(now: NIODeadline) -> [OutgoingPacket] {
+        lock.withLock {
+            drainScheduled = false
+            var outgoing: [OutgoingPacket] = []
+            if resendInflight {
+                resendInflight = false
+                for (identifier, entry) in inflight.sorted(by: { $0.value.sequence < $1.value.sequence }) {
+                    outgoing.append(
+                        entry.released
+                            ? .pubrel(identifier)
+                            : .publish(entry.queued, packetIdentifier: identifier, duplicate: true))
+                }
+            }
+            while let next = queue.first {
+                if next.message.hasExpired(at: now) {
+                    queue.removeFirst()
+                    continue
+                }
+                if next.qos == .atMostOnce {
+                    queue.removeFirst()
+                    outgoing.append(.publish(next, packetIdentifier: 0, duplicate: false))
+                    continue
+                }
+                guard inflight.count < receiveMaximum else { break }
+                queue.removeFirst()
+                let identifier = allocatePacketIdentifier()
+                inflight[identifier] = InflightMessage(queued: next, released: false, sequence: nextSequence)
+                nextSequence += 1
+                outgoing.append(.publish(next, packetIdentifier: identifier, duplicate: false))
+            }
+            return outgoing
+        }
+    }
+
+    private func allocatePacketIdentifier() -> UInt16 {
+        // The window is at most 65,535, so a free identifier always exists.
+        while inflight[nextPacketIdentifier] != nil || nextPacketIdentifier == 0 {
+            nextPacketIdentifier &+= 1
+        }
+        let identifier = nextPacketIdentifier
+        nextPacketIdentifier &+= 1
+        return identifier
+    }
+
+    /// PUBACK, or PUBCOMP, or a failed PUBREC: the message leaves the window.
+    func completeOutbound(_ identifier: UInt16) -> Bool {
+        lock.withLock { inflight.removeValue(forKey: identifier) != nil }
+    }
+
+    /// PUBREC: the message is delivered; PUBREL follows. Returns false for an unknown id.
+    func releaseOutbound(_ identifier: UInt16) -> Bool {
+        lock.withLock {
+            guard inflight[identifier] != nil else { return false }
+            inflight[identifier]?.released = true
+            return true
+        }
+    }
+
+    var inflightCount: Int { lock.withLock { inflight.count } }
+
+    // MARK: Inbound QoS 2
+
+    /// A QoS 2 PUBLISH arrived; true if it is new (route it), false for a resend of one
+    /// not yet released (do not route it again). [MQTT-4.3.3-9]
+    func receiveInboundQoS2(_ identifier: UInt16) -> Bool {
+        lock.withLock { inboundQoS2.insert(identifier).inserted }
+    }
+
+    var inboundQoS2Count: Int { lock.withLock { inboundQoS2.count } }
+
+    func releaseInboundQoS2(_ identifier: UInt16) -> Bool {
+        lock.withLock { inboundQoS2.remove(identifier) != nil }
+    }
+}

@@ -1,0 +1,383 @@
+import GatehouseBroker
+import MQTTCore
+import NIOCore
+import NIOEmbedded
+import Testing
+
+/// The connection handler through its real pipeline, one rule a test.
+@Suite("connection handler", .timeLimit(.minutes(1)))
+struct ConnectionHandlerTests {
+    @Test("CONNACK announces the broker's limits and assigns an identifier to an empty one")
+    func connack() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        let connack = try await client.connect(clientID: "")
+        #expect(connack.reasonCode == .success && !connack.sessionPresent)
+        let properties = connack.properties
+        #expect(properties.receiveMaximum == 100)
+        #expect(properties.topicAliasMaximum == 10)
+        #expect(properties.maximumPacketSize == 1_048_576)
+        #expect(
+            properties.first { if case .assignedClientIdentifier(let id) = $0 { id } else { nil } }?.isEmpty == false)
+    }
+
+    @Test("3.1.1: an empty client id without a clean session is refused with return code 2")
+    func emptyClientIdentifierPersistent() async throws {
+        let client = try await TestConnection(broker: makeBroker(), version: .v311)
+        #expect(try await client.connect(clientID: "", cleanStart: false).reasonCode == .clientIdentifierNotValid)
+        try await client.waitUntilClosed()
+    }
+
+    @Test("a wrong password gets 0x86; no detail beyond it")
+    func badPassword() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        let connack = try await client.connect(clientID: "c", password: "wrong")
+        #expect(connack.reasonCode == .badUserNameOrPassword && connack.properties.isEmpty)
+        try await client.waitUntilClosed()
+    }
+
+    @Test("QoS 0, 1 and 2 reach a subscriber at min(published, granted) QoS")
+    func qosDowngrade() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "sub")
+        #expect(try await subscriber.subscribe("a/#", qos: .atLeastOnce) == [.grantedQoS1])
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+
+        try await publisher.send(
+            .publish(
+                .init(topicName: "a/b", payload: ByteBuffer(string: "two"), qos: .exactlyOnce, packetIdentifier: 9)))
+        #expect(try await publisher.receive() == .pubrec(.init(packetIdentifier: 9)))
+        guard case .publish(let delivered) = try await subscriber.receive() else {
+            throw TestFailure("expected PUBLISH")
+        }
+        #expect(
+            delivered.qos == .atLeastOnce && delivered.payload == ByteBuffer(string: "two")
+                && delivered.packetIdentifier != 0)
+        try await subscriber.send(.puback(.init(packetIdentifier: delivered.packetIdentifier)))
+        try await publisher.send(.pubrel(.init(packetIdentifier: 9)))
+        #expect(try await publisher.receive() == .pubcomp(.init(packetIdentifier: 9)))
+    }
+
+    @Test("a QoS 2 PUBLISH sent again before PUBREL is delivered once")
+    func exactlyOnce() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "sub")
+        _ = try await subscriber.subscribe("x", qos: .atMostOnce)
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        let publish = MQTTPacket.Publish(
+            topicName: "x", payload: ByteBuffer(string: "once"), qos: .exactlyOnce, packetIdentifier: 3)
+        try await publisher.send(.publish(publish))
+        _ = try await publisher.receive()
+        var again = publish
+        again.duplicate = true
+        try await publisher.send(.publish(again))
+        #expect(try await publisher.receive() == .pubrec(.init(packetIdentifier: 3)))
+        guard case .publish = try await subscriber.receive() else { throw TestFailure("expected one PUBLISH") }
+        try await subscriber.expectSilence()
+    }
+
+    @Test("5.0 PUBACK says No matching subscribers; a refused topic gets 0x87, 3.1.1 a plain PUBACK")
+    func publishAcknowledgementCodes() async throws {
+        let broker = makeBroker()
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        try await client.send(
+            .publish(.init(topicName: "nobody", payload: ByteBuffer(), qos: .atLeastOnce, packetIdentifier: 1)))
+        #expect(try await client.receive() == .puback(.init(packetIdentifier: 1, reasonCode: .noMatchingSubscribers)))
+        try await client.send(
+            .publish(.init(topicName: "forbidden/x", payload: ByteBuffer(), qos: .atLeastOnce, packetIdentifier: 2)))
+        #expect(try await client.receive() == .puback(.init(packetIdentifier: 2, reasonCode: .notAuthorized)))
+
+        let legacy = try await TestConnection(broker: broker, version: .v311)
+        try await legacy.connect(clientID: "l")
+        try await legacy.send(
+            .publish(.init(topicName: "forbidden/x", payload: ByteBuffer(), qos: .atLeastOnce, packetIdentifier: 4)))
+        #expect(try await legacy.receive() == .puback(.init(packetIdentifier: 4)))
+    }
+
+    @Test("SUBACK: invalid filter 0x8F, refused 0x87, shared not yet supported 0x9E; 3.1.1 sees 0x80")
+    func subackCodes() async throws {
+        let broker = makeBroker()
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        try await client.send(
+            .subscribe(
+                .init(
+                    packetIdentifier: 5,
+                    subscriptions: [
+                        .init(topicFilter: "a/#/b"), .init(topicFilter: "forbidden/#"),
+                        .init(topicFilter: "$share/g/a"),
+                        .init(topicFilter: "ok/+", options: .init(qos: .exactlyOnce)),
+                    ])))
+        #expect(
+            try await client.receive()
+                == .suback(
+                    .init(
+                        packetIdentifier: 5,
+                        reasonCodes: [
+                            .topicFilterInvalid, .notAuthorized, .sharedSubscriptionsNotSupported, .grantedQoS2,
+                        ])))
+        let legacy = try await TestConnection(broker: broker, version: .v311)
+        try await legacy.connect(clientID: "l")
+        #expect(try await legacy.subscribe("forbidden/x") == [.unspecifiedError])
+    }
+
+    @Test("retained messages: set, replaced, cleared, and delivered on subscribe with the retain flag")
+    func retained() async throws {
+        let broker = makeBroker()
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        for payload in ["first", "second"] {
+            try await publisher.send(
+                .publish(.init(topicName: "r/1", payload: ByteBuffer(string: payload), retain: true)))
+        }
+        try await publisher.send(.publish(.init(topicName: "r/2", payload: ByteBuffer(string: "gone"), retain: true)))
+        try await publisher.send(.publish(.init(topicName: "r/2", payload: ByteBuffer(), retain: true)))
+        await publisher.channel.testingEventLoop.run()
+        #expect(broker.retained.count == 1)
+
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "s")
+        _ = try await subscriber.subscribe("r/+")
+        guard case .publish(let retained) = try await subscriber.receive() else {
+            throw TestFailure("expected the retained message")
+        }
+        #expect(retained.retain && retained.topicName == "r/1" && retained.payload == ByteBuffer(string: "second"))
+        #expect(retained.qos == .atMostOnce)  // published at QoS 0: min(0, granted 1)
+        try await subscriber.expectSilence()
+    }
+
+    @Test("the Will is published when the connection drops, not after a normal DISCONNECT, and after 0x04")
+    func wills() async throws {
+        let broker = makeBroker()
+        let watcher = try await TestConnection(broker: broker)
+        try await watcher.connect(clientID: "w")
+        _ = try await watcher.subscribe("status/#", qos: .atMostOnce)
+        let will = MQTTPacket.Will(topic: "status/dev", payload: ByteBuffer(string: "offline"))
+
+        let dropped = try await TestConnection(broker: broker)
+        try await dropped.connect(clientID: "d1", will: will)
+        try await dropped.channel.close()
+        guard case .publish(let published) = try await watcher.receive() else { throw TestFailure("expected the Will") }
+        #expect(published.payload == ByteBuffer(string: "offline"))
+
+        let polite = try await TestConnection(broker: broker)
+        try await polite.connect(clientID: "d2", will: will)
+        try await polite.send(.disconnect(.init()))
+        try await polite.waitUntilClosed()
+        try await watcher.expectSilence()
+
+        let asking = try await TestConnection(broker: broker)
+        try await asking.connect(clientID: "d3", will: will)
+        try await asking.send(.disconnect(.init(reasonCode: .disconnectWithWillMessage)))
+        guard case .publish = try await watcher.receive() else { throw TestFailure("expected the Will after 0x04") }
+    }
+
+    @Test("a second connection with the same client id takes over: the first gets DISCONNECT 0x8E")
+    func takeover() async throws {
+        let broker = makeBroker()
+        let first = try await TestConnection(broker: broker)
+        try await first.connect(clientID: "same")
+        let second = try await TestConnection(broker: broker)
+        try await second.connect(clientID: "same")
+        #expect(try await first.receive() == .disconnect(.init(reasonCode: .sessionTakenOver)))
+        try await first.waitUntilClosed()
+        #expect(second.isActive)
+    }
+
+    @Test("a persistent session keeps its subscriptions and QoS 1 messages while offline")
+    func persistentSession() async throws {
+        let broker = makeBroker()
+        let first = try await TestConnection(broker: broker)
+        #expect(
+            try await first.connect(clientID: "p", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+                .sessionPresent == false)
+        _ = try await first.subscribe("jobs/#")
+        try await first.send(.disconnect(.init()))
+        try await first.waitUntilClosed()
+
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        try await publisher.send(
+            .publish(
+                .init(
+                    topicName: "jobs/1", payload: ByteBuffer(string: "queued"), qos: .atLeastOnce, packetIdentifier: 1))
+        )
+        #expect(try await publisher.receive() == .puback(.init(packetIdentifier: 1)))
+
+        let again = try await TestConnection(broker: broker)
+        #expect(
+            try await again.connect(clientID: "p", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+                .sessionPresent)
+        guard case .publish(let caughtUp) = try await again.receive() else {
+            throw TestFailure("expected the queued message")
+        }
+        #expect(caughtUp.payload == ByteBuffer(string: "queued"))
+    }
+
+    @Test("an unacknowledged QoS 1 message is resent with DUP after reconnecting")
+    func resendWithDuplicate() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "s", cleanStart: false, properties: [.sessionExpiryInterval(60)])
+        _ = try await subscriber.subscribe("t")
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(
+            .publish(.init(topicName: "t", payload: ByteBuffer(string: "m"), qos: .atLeastOnce, packetIdentifier: 1)))
+        guard case .publish(let first) = try await subscriber.receive() else { throw TestFailure("expected PUBLISH") }
+        #expect(!first.duplicate)
+        try await subscriber.channel.close()
+
+        let back = try await TestConnection(broker: broker)
+        try await back.connect(clientID: "s", cleanStart: false, properties: [.sessionExpiryInterval(60)])
+        guard case .publish(let resent) = try await back.receive() else { throw TestFailure("expected the resend") }
+        #expect(resent.duplicate && resent.packetIdentifier == first.packetIdentifier)
+    }
+
+    @Test("a client that exceeds the announced receive maximum is disconnected with 0x93")
+    func receiveMaximumExceeded() async throws {
+        let broker = makeBroker { $0.receiveMaximum = 2 }
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        for identifier in UInt16(1)...3 {
+            try await client.send(
+                .publish(.init(topicName: "t", payload: ByteBuffer(), qos: .exactlyOnce, packetIdentifier: identifier)))
+        }
+        #expect(try await client.receive() == .pubrec(.init(packetIdentifier: 1, reasonCode: .noMatchingSubscribers)))
+        #expect(try await client.receive() == .pubrec(.init(packetIdentifier: 2, reasonCode: .noMatchingSubscribers)))
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .receiveMaximumExceeded)))
+        try await client.waitUntilClosed()
+    }
+
+    @Test("topic aliases: a name sets the alias, an empty name uses it, an unknown alias is a protocol error")
+    func topicAliases() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "s")
+        _ = try await subscriber.subscribe("long/topic/name", qos: .atMostOnce)
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(
+            .publish(
+                .init(topicName: "long/topic/name", payload: ByteBuffer(string: "1"), properties: [.topicAlias(4)])))
+        try await publisher.send(
+            .publish(.init(topicName: "", payload: ByteBuffer(string: "2"), properties: [.topicAlias(4)])))
+        for expected in ["1", "2"] {
+            guard case .publish(let delivered) = try await subscriber.receive() else {
+                throw TestFailure("expected PUBLISH")
+            }
+            #expect(delivered.topicName == "long/topic/name" && delivered.payload == ByteBuffer(string: expected))
+            #expect(delivered.properties.topicAlias == nil)
+        }
+        try await publisher.send(.publish(.init(topicName: "", payload: ByteBuffer(), properties: [.topicAlias(5)])))
+        #expect(try await publisher.receive() == .disconnect(.init(reasonCode: .protocolError)))
+    }
+
+    @Test("a topic alias above the announced maximum gets DISCONNECT 0x94")
+    func topicAliasTooLarge() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "c")
+        try await client.send(.publish(.init(topicName: "t", payload: ByteBuffer(), properties: [.topicAlias(11)])))
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .topicAliasInvalid)))
+    }
+
+    @Test("5.0 properties pass through; message expiry counts down; subscription identifiers are added")
+    func propertiesPassThrough() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "s")
+        _ = try await subscriber.subscribe("p/#", qos: .atMostOnce, properties: [.subscriptionIdentifier(42)])
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        let properties: MQTTProperties = [
+            .payloadFormatIndicator(1), .contentType("text/plain"), .responseTopic("r/1"), .correlationData([7]),
+            .userProperty(name: "k", value: "v"), .messageExpiryInterval(60),
+        ]
+        try await publisher.send(
+            .publish(.init(topicName: "p/x", payload: ByteBuffer(string: "é"), properties: properties)))
+        guard case .publish(let delivered) = try await subscriber.receive() else {
+            throw TestFailure("expected PUBLISH")
+        }
+        #expect(delivered.properties.payloadFormatIndicator == 1)
+        #expect(delivered.properties.userProperties.map(\.value) == ["v"])
+        #expect(delivered.properties.subscriptionIdentifiers == [42])
+        #expect((59...60).contains(delivered.properties.messageExpiryInterval ?? 0))
+        #expect(delivered.properties.items.contains(.correlationData([7])))
+    }
+
+    @Test("No Local: a client does not get its own message on such a subscription")
+    func noLocal() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "me")
+        try await client.send(
+            .subscribe(
+                .init(packetIdentifier: 1, subscriptions: [.init(topicFilter: "chat", options: .init(noLocal: true))])))
+        _ = try await client.receive()
+        try await client.send(.publish(.init(topicName: "chat", payload: ByteBuffer(string: "echo?"))))
+        try await client.expectSilence()
+    }
+
+    @Test("a payload marked UTF-8 that is not gets 0x99")
+    func payloadFormatInvalid() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "c")
+        try await client.send(
+            .publish(
+                .init(
+                    topicName: "t", payload: ByteBuffer(bytes: [0xFF]), qos: .atLeastOnce, packetIdentifier: 1,
+                    properties: [.payloadFormatIndicator(1)])))
+        #expect(try await client.receive() == .puback(.init(packetIdentifier: 1, reasonCode: .payloadFormatInvalid)))
+    }
+
+    @Test("keep-alive: no packet for 1.5 × the interval closes the connection with 0x8D")
+    func keepAlive() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "c", keepAlive: 1)
+        // NIO's IdleStateHandler measures idleness on the wall clock and fires on the loop's
+        // clock: let 1.6 s really pass, then move the testing loop's clock past 1.5 s.
+        try await Task.sleep(for: .milliseconds(1_100))
+        await client.channel.testingEventLoop.advanceTime(by: .seconds(1))
+        #expect(client.isActive)  // a timer fired early does not close a connection 1.1 s idle
+        try await Task.sleep(for: .milliseconds(500))
+        await client.channel.testingEventLoop.advanceTime(by: .seconds(1))
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .keepAliveTimeout)))
+        try await client.waitUntilClosed()
+    }
+
+    @Test("a malformed packet after CONNECT gets DISCONNECT with its reason code (5.0)")
+    func malformedAfterConnect() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "c")
+        _ = try? await client.sendBytes([0x30, 0x04, 0x00, 0x02, 0xC3, 0x28])  // invalid UTF-8 topic
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .malformedPacket)))
+        try await client.waitUntilClosed()
+    }
+
+    @Test("a second CONNECT is a protocol error")
+    func secondConnect() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "c")
+        try await client.send(.connect(.init(protocolVersion: .v5, clientIdentifier: "c")))
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .protocolError)))
+    }
+
+    @Test("session expiry set on DISCONNECT cannot revive a session that was to end (0x82)")
+    func disconnectExpiry() async throws {
+        let client = try await TestConnection(broker: makeBroker())
+        try await client.connect(clientID: "c")
+        try await client.send(.disconnect(.init(properties: [.sessionExpiryInterval(30)])))
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .protocolError)))
+    }
+
+    @Test("PINGREQ gets PINGRESP")
+    func ping() async throws {
+        let client = try await TestConnection(broker: makeBroker(), version: .v311)
+        try await client.connect(clientID: "c")
+        try await client.send(.pingreq)
+        #expect(try await client.receive() == .pingresp)
+    }
+}

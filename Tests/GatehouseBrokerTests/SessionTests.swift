@@ -1,0 +1,122 @@
+import GatehouseAuth
+import MQTTCore
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import GatehouseBroker
+
+private final class RecordingConnection: SessionConnection, @unchecked Sendable {
+    let eventLoop: any EventLoop = EmbeddedEventLoop()
+    var wakes = 0
+    var disconnects: [MQTTReasonCode] = []
+    func sessionHasOutput() { wakes += 1 }
+    func disconnect(reason: MQTTReasonCode) { disconnects.append(reason) }
+}
+
+@Suite("session")
+struct SessionTests {
+    private let principal = Principal(identityID: "i", username: "u", clientIdentifier: "c", tenant: "t", roles: [])
+
+    private func message(_ topic: String = "t", qos: MQTTQoS) -> QueuedMessage {
+        QueuedMessage(
+            message: RoutedMessage(topic: topic, payload: ByteBuffer(string: "x"), qos: qos, retain: false), qos: qos,
+            retain: false, subscriptionIdentifiers: [])
+    }
+
+    private func identifiers(_ outgoing: [OutgoingPacket]) -> [UInt16] {
+        outgoing.compactMap { if case .publish(_, let id, _) = $0 { id } else { nil } }
+    }
+
+    @Test("the in-flight window never exceeds the client's receive maximum")
+    func inflightWindow() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 100)
+        let connection = RecordingConnection()
+        _ = session.attach(connection, principal: principal, receiveMaximum: 2, expiryInterval: 0)
+        for _ in 0..<5 { _ = session.enqueue(message(qos: .atLeastOnce)) }
+        let first = identifiers(session.takeOutgoing(now: .now()))
+        #expect(first.count == 2)
+        #expect(session.takeOutgoing(now: .now()).isEmpty)
+        #expect(session.completeOutbound(first[0]))
+        #expect(identifiers(session.takeOutgoing(now: .now())).count == 1)
+        #expect(session.queuedCount == 2)
+    }
+
+    @Test("a connection is woken once per drain, not once per message")
+    func coalescedWakes() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 100)
+        let connection = RecordingConnection()
+        _ = session.attach(connection, principal: principal, receiveMaximum: 10, expiryInterval: 0)
+        #expect(session.enqueue(message(qos: .atMostOnce)) === connection)
+        #expect(session.enqueue(message(qos: .atMostOnce)) == nil)
+        _ = session.takeOutgoing(now: .now())
+        #expect(session.enqueue(message(qos: .atMostOnce)) === connection)
+    }
+
+    @Test("in-flight messages are resent with DUP to the next connection, PUBREL after PUBREC")
+    func resendOnReconnect() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 60, maximumQueuedMessages: 100)
+        _ = session.attach(RecordingConnection(), principal: principal, receiveMaximum: 10, expiryInterval: 60)
+        _ = session.enqueue(message(qos: .atLeastOnce))
+        _ = session.enqueue(message(qos: .exactlyOnce))
+        let sent = identifiers(session.takeOutgoing(now: .now()))
+        #expect(session.releaseOutbound(sent[1]))
+        _ = session.attach(RecordingConnection(), principal: principal, receiveMaximum: 10, expiryInterval: 60)
+        let resent = session.takeOutgoing(now: .now())
+        #expect(resent.count == 2)
+        guard case .publish(_, let id, let duplicate) = resent[0], case .pubrel(let released) = resent[1] else {
+            Issue.record("expected PUBLISH then PUBREL, got \(resent)")
+            return
+        }
+        #expect(id == sent[0] && duplicate && released == sent[1])
+    }
+
+    @Test("a full queue drops QoS 0 first, and counts every drop")
+    func queueLimit() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 60, maximumQueuedMessages: 2)
+        _ = session.attach(RecordingConnection(), principal: principal, receiveMaximum: 1, expiryInterval: 60)
+        _ = session.enqueue(message("q0", qos: .atMostOnce))
+        _ = session.enqueue(message("q1", qos: .atLeastOnce))
+        _ = session.enqueue(message("q1b", qos: .atLeastOnce))  // pushes out the QoS 0 message
+        _ = session.enqueue(message("late", qos: .atMostOnce))  // dropped: the queue is full
+        #expect(session.queuedCount == 2)
+        #expect(session.droppedCount == 2)
+    }
+
+    @Test("offline, only QoS 1 and 2 are queued")
+    func offlineQueue() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 60, maximumQueuedMessages: 10)
+        _ = session.enqueue(message(qos: .atMostOnce))
+        _ = session.enqueue(message(qos: .atLeastOnce))
+        #expect(session.queuedCount == 1)
+    }
+
+    @Test("an inbound QoS 2 packet identifier is routed once until released")
+    func inboundQoS2() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 10)
+        #expect(session.receiveInboundQoS2(7))
+        #expect(!session.receiveInboundQoS2(7))
+        #expect(session.releaseInboundQoS2(7))
+        #expect(!session.releaseInboundQoS2(7))
+        #expect(session.receiveInboundQoS2(7))
+    }
+
+    @Test("packet identifiers skip those still in flight and never use 0")
+    func packetIdentifiers() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 70_000)
+        _ = session.attach(RecordingConnection(), principal: principal, receiveMaximum: 65_535, expiryInterval: 0)
+        for _ in 0..<65_535 { _ = session.enqueue(message(qos: .atLeastOnce)) }
+        let ids = identifiers(session.takeOutgoing(now: .now()))
+        #expect(ids.count == 65_535 && !ids.contains(0) && Set(ids).count == 65_535)
+    }
+
+    @Test("expired messages are not sent")
+    func expiry() {
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 10)
+        _ = session.attach(RecordingConnection(), principal: principal, receiveMaximum: 10, expiryInterval: 0)
+        var expired = message(qos: .atLeastOnce)
+        expired.message.expiresAt = .now() - .seconds(1)
+        _ = session.enqueue(expired)
+        #expect(session.takeOutgoing(now: .now()).isEmpty)
+    }
+}

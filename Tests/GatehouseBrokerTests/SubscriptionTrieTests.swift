@@ -1,0 +1,77 @@
+import GatehouseBroker
+import MQTTCore
+import Testing
+
+@Suite("subscription trie")
+struct SubscriptionTrieTests {
+    private func entry(_ client: String, _ qos: MQTTQoS = .atMostOnce, noLocal: Bool = false, id: UInt32? = nil)
+        -> SubscriptionEntry
+    {
+        SubscriptionEntry(clientID: client, options: .init(qos: qos, noLocal: noLocal), identifier: id)
+    }
+
+    @Test("matching agrees with MQTTTopic.matches on the spec's table")
+    func agreesWithTopicMatcher() {
+        let table: [(String, String)] = [
+            ("sport/tennis/player1/#", "sport/tennis/player1"),
+            ("sport/tennis/player1/#", "sport/tennis/player1/score/x"),
+            ("sport/#", "sport"), ("#", "sport/tennis"), ("sport/tennis/+", "sport/tennis/player1"),
+            ("sport/tennis/+", "sport/tennis/player1/ranking"), ("sport/+", "sport"), ("sport/+", "sport/"),
+            ("+/+", "/finance"), ("/+", "/finance"), ("+", "/finance"), ("#", "$SYS/broker"), ("$SYS/#", "$SYS/broker"),
+            ("+/monitor", "$SYS/monitor"), ("a/b", "a/b/c"), ("a//b", "a//b"), ("a/+/b", "a//b"),
+        ]
+        for (filter, topic) in table {
+            var trie = SubscriptionTrie()
+            trie.insert(entry("c"), filter: filter)
+            let matched = trie.match(topic: topic, publisherClientID: nil)["c"] != nil
+            #expect(matched == MQTTTopic.matches(filter: filter, topic: topic), "\(filter) vs \(topic)")
+        }
+    }
+
+    @Test("overlapping subscriptions give one delivery at the highest QoS with every identifier")
+    func overlapping() {
+        var trie = SubscriptionTrie()
+        trie.insert(entry("c", .atMostOnce, id: 1), filter: "a/+")
+        trie.insert(entry("c", .exactlyOnce, id: 2), filter: "a/#")
+        trie.insert(entry("d", .atLeastOnce), filter: "a/b")
+        let deliveries = trie.match(topic: "a/b", publisherClientID: nil)
+        #expect(deliveries.count == 2)
+        #expect(deliveries["c"]?.qos == .exactlyOnce)
+        #expect(deliveries["c"]?.subscriptionIdentifiers.sorted() == [1, 2])
+        #expect(deliveries["d"]?.qos == .atLeastOnce)
+    }
+
+    @Test("No Local hides the client's own messages from that subscription only")
+    func noLocal() {
+        var trie = SubscriptionTrie()
+        trie.insert(entry("me", noLocal: true), filter: "chat/#")
+        trie.insert(entry("other"), filter: "chat/#")
+        #expect(Set(trie.match(topic: "chat/x", publisherClientID: "me").keys) == ["other"])
+        #expect(Set(trie.match(topic: "chat/x", publisherClientID: "other").keys) == ["me", "other"])
+    }
+
+    @Test("insert replaces, remove prunes, count follows")
+    func insertAndRemove() {
+        var trie = SubscriptionTrie()
+        let insertedFresh = trie.insert(entry("c", .atMostOnce), filter: "a/b/c")
+        let replaced = trie.insert(entry("c", .atLeastOnce), filter: "a/b/c")
+        #expect(!insertedFresh && replaced)
+        #expect(trie.count == 1)
+        #expect(trie.match(topic: "a/b/c", publisherClientID: nil)["c"]?.qos == .atLeastOnce)
+        let removedStranger = trie.remove(clientID: "x", filter: "a/b/c")
+        let removedOwner = trie.remove(clientID: "c", filter: "a/b/c")
+        #expect(!removedStranger && removedOwner)
+        #expect(trie.count == 0)
+        #expect(trie.match(topic: "a/b/c", publisherClientID: nil).isEmpty)
+    }
+
+    @Test("a snapshot taken before an update is not changed by it")
+    func snapshotsAreImmutable() {
+        let index = SubscriptionIndex()
+        index.update { $0.insert(entry("c"), filter: "a") }
+        let before = index.snapshot
+        index.update { $0.insert(entry("d"), filter: "a") }
+        #expect(before.match(topic: "a", publisherClientID: nil).count == 1)
+        #expect(index.snapshot.match(topic: "a", publisherClientID: nil).count == 2)
+    }
+}
