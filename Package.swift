@@ -101,6 +101,7 @@ let package = Package(
             name: "IntegrationTests",
             // Depends on the executable so that `swift test` always builds the binary it runs.
             dependencies: ["gatehouse"],
+            exclude: ["Clients"],
             swiftSettings: strictSettings
         ),
     ]

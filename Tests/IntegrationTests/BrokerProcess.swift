@@ -73,8 +73,14 @@ func runTool(_ name: String, _ arguments: [String], timeout: Duration = .seconds
     process.standardOutput = output
     process.standardError = output
     try process.run()
-    let status = try await waitForExit(process, timeout: timeout)
-    return ToolResult(status: status, output: (try? String(contentsOf: outputURL, encoding: .utf8)) ?? "")
+    let readOutput = { (try? String(contentsOf: outputURL, encoding: .utf8)) ?? "" }
+    do {
+        let status = try await waitForExit(process, timeout: timeout)
+        return ToolResult(status: status, output: readOutput())
+    } catch {
+        Issue.record("\(name) \(arguments.joined(separator: " ")) printed:\n\(readOutput())")
+        throw error
+    }
 }
 
 func waitForExit(_ process: Process, timeout: Duration) async throws -> Int32 {
@@ -89,4 +95,48 @@ func waitForExit(_ process: Process, timeout: Duration) async throws -> Int32 {
         try await Task.sleep(for: .milliseconds(20))
     }
     return process.terminationStatus
+}
+
+/// A client left running (a subscriber), whose output the test waits on.
+final class RunningTool {
+    let process = Process()
+    let outputURL: URL
+
+    init(_ name: String, _ arguments: [String]) throws {
+        outputURL = FileManager.default.temporaryDirectory.appendingPathComponent("tool-\(UUID().uuidString).out")
+        _ = FileManager.default.createFile(atPath: outputURL.path, contents: nil)
+        let output = try FileHandle(forWritingTo: outputURL)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        // Line-buffered, so that each received message is in the file as soon as it arrives.
+        process.arguments = ["stdbuf", "-oL", name] + arguments
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+    }
+
+    deinit {
+        // SIGKILL: the clients' own signal handlers do not run reliably under the test runner.
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(at: outputURL)
+    }
+
+    var output: String { (try? String(contentsOf: outputURL, encoding: .utf8)) ?? "" }
+
+    /// Waits until the output contains `text`; records an issue and throws if it never does.
+    func waitForOutput(_ text: String, timeout: Duration = .seconds(10)) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            if output.contains(text) { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("'\(text)' never appeared; output:\n\(output)")
+        throw CancellationError()
+    }
+
+    func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
+        try await IntegrationTests.waitForExit(process, timeout: timeout)
+    }
+
+    func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
 }
