@@ -32,6 +32,11 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var state: State = .awaitingConnect
     private var context: ChannelHandlerContext?
     private var wakes: [any SessionConnection] = []
+    /// Inside a read cycle, replies are written but flushed once at read-complete.
+    private var inReadCycle = false
+    private var flushPending = false
+    /// Acknowledgements freed the in-flight window: drain once at read-complete.
+    private var drainPending = false
     private var connectTimeoutTask: Scheduled<Void>?
     private var logger: Logger
     private let broker: Broker
@@ -64,10 +69,20 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     // MARK: Inbound
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        inReadCycle = true
         handle(unwrapInboundIn(data))
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
+        inReadCycle = false
+        if drainPending {
+            drainPending = false
+            sessionHasOutput()
+        }
+        if flushPending {
+            flushPending = false
+            context.flush()
+        }
         flushWakes()
         context.fireChannelReadComplete()
     }
@@ -231,6 +246,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         logger.debug("connected", metadata: ["version": "\(version)", "session_present": "\(sessionPresent)"])
         sessionHasOutput()
         for packet in pending { handle(packet) }
+        drainPending = false
+        sessionHasOutput()
         flushWakes()
     }
 
@@ -242,17 +259,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         case .publish(let publish):
             receivePublish(publish, connected)
         case .puback(let ack):
-            if session.completeOutbound(ack.packetIdentifier) { sessionHasOutput() }
+            if session.completeOutbound(ack.packetIdentifier) { drainPending = true }
         case .pubrec(let ack):
             if ack.reasonCode.isFailure {
-                if session.completeOutbound(ack.packetIdentifier) { sessionHasOutput() }
+                if session.completeOutbound(ack.packetIdentifier) { drainPending = true }
             } else if session.releaseOutbound(ack.packetIdentifier) {
                 send(.pubrel(.init(packetIdentifier: ack.packetIdentifier)))
             } else {
                 send(.pubrel(.init(packetIdentifier: ack.packetIdentifier, reasonCode: .packetIdentifierNotFound)))
             }
         case .pubcomp(let ack):
-            if session.completeOutbound(ack.packetIdentifier) { sessionHasOutput() }
+            if session.completeOutbound(ack.packetIdentifier) { drainPending = true }
         case .pubrel(let ack):
             let known = session.releaseInboundQoS2(ack.packetIdentifier)
             send(
@@ -390,18 +407,20 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     // MARK: Outbound
 
-    /// Drains the session into the socket and flushes once.
+    /// Drains the session into the socket: every packet into one buffer, one write, one flush.
     public func sessionHasOutput() {
         guard case .connected(let connected) = state, let context else { return }
+        let outgoing = connected.session.takeOutgoing(now: .now())
+        guard !outgoing.isEmpty else { return }
         let now = NIODeadline.now()
-        var wrote = false
-        for outgoing in connected.session.takeOutgoing(now: now) {
-            switch outgoing {
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        for packet in outgoing {
+            switch packet {
             case .pubrel(let identifier):
-                write(.pubrel(.init(packetIdentifier: identifier)), version: connected.version, context: context)
-                wrote = true
+                try? MQTTPacket.pubrel(.init(packetIdentifier: identifier)).write(
+                    to: &buffer, version: connected.version)
             case .publish(let queued, let identifier, let duplicate):
-                let packet = MQTTPacket.publish(
+                let publish = MQTTPacket.publish(
                     queued.message.packet(
                         qos: queued.qos,
                         retain: queued.retain,
@@ -410,18 +429,27 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                         subscriptionIdentifiers: connected.version == .v5 ? queued.subscriptionIdentifiers : [],
                         now: now
                     ))
-                guard let bytes = try? packet.encoded(version: connected.version, allocator: context.channel.allocator),
-                    bytes.readableBytes <= connected.clientMaximumPacketSize
-                else {
+                let start = buffer.writerIndex
+                let written = (try? publish.write(to: &buffer, version: connected.version)) != nil
+                guard written, buffer.writerIndex - start <= connected.clientMaximumPacketSize else {
                     // Too large for this client: dropped as if delivered. [MQTT-3.1.2-25]
+                    buffer.moveWriterIndex(to: start)
                     if queued.qos != .atMostOnce { _ = connected.session.completeOutbound(identifier) }
                     continue
                 }
-                context.write(wrapOutboundOut(bytes), promise: nil)
-                wrote = true
             }
         }
-        if wrote { context.flush() }
+        guard buffer.readableBytes > 0 else { return }
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        flushOrDefer(context)
+    }
+
+    private func flushOrDefer(_ context: ChannelHandlerContext) {
+        if inReadCycle {
+            flushPending = true
+        } else {
+            context.flush()
+        }
     }
 
     public func disconnect(reason: MQTTReasonCode) {
@@ -431,7 +459,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private func send(_ packet: MQTTPacket) {
         guard let context, case .connected(let connected) = state else { return }
         write(packet, version: connected.version, context: context)
-        context.flush()
+        flushOrDefer(context)
     }
 
     private func write(_ packet: MQTTPacket, version: MQTTProtocolVersion, context: ChannelHandlerContext) {

@@ -1,6 +1,7 @@
 public import GatehouseBroker
 public import Logging
 import MQTTCore
+import NIOConcurrencyHelpers
 public import NIOCore
 import NIOPosix
 public import ServiceLifecycle
@@ -20,6 +21,8 @@ public final class MQTTServer: Service {
 
     private let configuration: Configuration
     private let broker: Broker
+    /// Accepted connections, so that shutdown can wait for their DISCONNECTs to be written.
+    private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -53,19 +56,37 @@ public final class MQTTServer: Service {
             broker.disconnectAll(reason: .serverShuttingDown)
         }
         logger.info("listeners closed")
+        await waitForConnectionsToClose(timeout: .seconds(3))
+    }
+
+    private func waitForConnectionsToClose(timeout: Duration) async {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            let remaining = openConnections.withLockedValue { $0.count }
+            if remaining == 0 { return }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        logger.warning(
+            "connections still open at shutdown", metadata: ["count": "\(openConnections.withLockedValue { $0.count })"]
+        )
     }
 
     private func bind(_ listener: ListenAddress) async throws -> any Channel {
         let limits = configuration.limits
         let logger = self.logger
         let broker = self.broker
+        let openConnections = self.openConnections
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let key = ObjectIdentifier(channel)
+                openConnections.withLockedValue { $0[key] = channel }
+                channel.closeFuture.whenComplete { _ in openConnections.withLockedValue { $0[key] = nil } }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureMQTTServerPipeline(
                         broker: broker, eventLoop: channel.eventLoop, limits: limits, logger: logger)
                 }

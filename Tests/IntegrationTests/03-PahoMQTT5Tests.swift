@@ -19,3 +19,17 @@ struct PahoMQTT5Tests {
         #expect(try await broker.stop() == 0)
     }
 }
+
+@Suite("03 paho-mqtt 5.0: shutdown")
+struct PahoShutdownTests {
+    @Test("SIGTERM sends a connected 5.0 client DISCONNECT 0x8B before the broker exits 0")
+    func shutdownDisconnect() async throws {
+        let broker = try BrokerProcess(arguments: ["--allow-anonymous"])
+        try await broker.waitUntilListening()
+        let client = try RunningTool("python3", [PahoMQTT5Tests.script, String(broker.port), "shutdown-disconnect"])
+        try await client.waitForOutput("connected")
+        #expect(try await broker.stop(signal: SIGTERM) == 0, "\(broker.log)")
+        #expect(try await client.waitForExit(timeout: .seconds(20)) == 0, "\(client.output)")
+        #expect(client.output.contains("ok"), "\(client.output)")
+    }
+}

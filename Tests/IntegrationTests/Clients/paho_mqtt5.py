@@ -153,12 +153,23 @@ def check_session_expiry():
     expect(not again.connack.get(timeout=5).session_present, "an expiry-0 session outlived its connection")
 
 
+def check_shutdown_disconnect():
+    """Waits, connected, until the test stops the broker; expects DISCONNECT 0x8B first."""
+    reasons = queue.Queue()
+    c = client(f"stay-{uuid.uuid4().hex[:8]}")
+    c.on_disconnect = lambda _c, _u, flags, reason, props: reasons.put(reason)
+    print("connected", flush=True)
+    reason = reasons.get(timeout=20)
+    expect(reason.value == 0x8B, f"disconnect reason {reason} ({reason.value})")
+
+
 CHECKS = {
     "user-properties-and-expiry": check_user_properties_and_expiry,
     "expired-message": check_expired_message_is_not_delivered,
     "topic-alias": check_topic_alias,
     "no-local": check_no_local,
     "session-expiry": check_session_expiry,
+    "shutdown-disconnect": check_shutdown_disconnect,
 }
 
 CHECKS[CHECK]()
