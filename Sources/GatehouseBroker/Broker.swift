@@ -119,7 +119,10 @@ public final class Broker: Sendable {
         let filters = session.subscribedFilters
         guard !filters.isEmpty else { return }
         subscriptions.update { trie in
-            for filter in filters { trie.remove(clientID: session.clientID, filter: filter) }
+            for text in filters {
+                guard let filter = try? MQTTTopicFilter(parsing: text) else { continue }
+                trie.remove(clientID: session.clientID, filter: filter)
+            }
         }
     }
 
@@ -141,8 +144,10 @@ public final class Broker: Sendable {
         identifier: UInt32?
     ) -> [RoutedMessage] {
         let entry = SubscriptionEntry(clientID: session.clientID, options: options, identifier: identifier)
-        let existed = session.recordSubscription(entry, filter: filter.filter)
-        subscriptions.update { trie in trie.insert(entry, filter: filter.filter) }
+        let existed = session.recordSubscription(entry, filter: filter)
+        subscriptions.update { trie in trie.insert(entry, filter: filter) }
+        // A new shared subscription gets no retained messages (5.0 §4.8.2).
+        if filter.isShared { return [] }
         switch options.retainHandling {
         case .sendOnSubscribe: return retained.matching(filter: filter.filter)
         case .sendOnNewSubscription: return existed ? [] : retained.matching(filter: filter.filter)
@@ -150,8 +155,11 @@ public final class Broker: Sendable {
         }
     }
 
-    public func unsubscribe(_ session: Session, filter: String) -> Bool {
-        guard session.forgetSubscription(filter: filter) else { return false }
+    /// Removes the subscription `text` (as the client wrote it, `$share/…` included).
+    public func unsubscribe(_ session: Session, filter text: String) -> Bool {
+        guard session.forgetSubscription(filter: text), let filter = try? MQTTTopicFilter(parsing: text) else {
+            return false
+        }
         subscriptions.update { trie in trie.remove(clientID: session.clientID, filter: filter) }
         return true
     }
@@ -164,14 +172,28 @@ public final class Broker: Sendable {
     @discardableResult
     public func publish(_ message: RoutedMessage, wakes: inout [any SessionConnection]) -> Int {
         if message.retain { retained.store(message) }
-        let deliveries = subscriptions.snapshot.match(
-            topic: message.topic, publisherClientID: message.publisherClientID)
-        guard !deliveries.isEmpty else { return 0 }
+        let match = subscriptions.snapshot.matchAll(topic: message.topic, publisherClientID: message.publisherClientID)
+        guard !match.isEmpty else { return 0 }
         var reached = 0
-        let targets = sessions.withLockedValue { sessions in
-            deliveries.compactMap { clientID, delivery in sessions[clientID].map { ($0, delivery) } }
+        // One short lock to resolve every target; enqueueing then takes only each session's own.
+        let (targets, groups) = sessions.withLockedValue { sessions in
+            let ordinary = match.deliveries.compactMap { clientID, delivery in
+                sessions[clientID].map { ($0, delivery) }
+            }
+            // Each shared group sends one copy, to the next member in turn that is connected
+            // (or, if none is, to the next member at all, whose session queues it).
+            let shared = match.sharedGroups.compactMap { group -> (Session, Delivery)? in
+                var fallback: (Session, Delivery)?
+                for entry in group.rotation() {
+                    guard let session = sessions[entry.clientID] else { continue }
+                    if session.isConnected { return (session, Delivery(entry)) }
+                    if fallback == nil { fallback = (session, Delivery(entry)) }
+                }
+                return fallback
+            }
+            return (ordinary, shared)
         }
-        for (session, delivery) in targets {
+        for (session, delivery) in targets + groups {
             guard authorizer.authorize(session.principal, .read, topic: message.topic) == .accept else { continue }
             let queued = QueuedMessage(
                 message: message,

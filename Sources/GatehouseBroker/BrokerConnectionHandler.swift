@@ -230,7 +230,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 .retainAvailable(1),
                 .wildcardSubscriptionAvailable(1),
                 .subscriptionIdentifierAvailable(1),
-                .sharedSubscriptionAvailable(0),
+                .sharedSubscriptionAvailable(1),
             ]
         }
         let sessionPresent = opened.sessionPresent && !connect.cleanStart
@@ -371,10 +371,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 codes.append(error.reasonCode)
                 continue
             }
-            guard !filter.isShared else {
-                codes.append(.sharedSubscriptionsNotSupported)
-                continue
-            }
+            // A shared subscription is authorized on its filter, not on the $share/ prefix.
             guard broker.authorizer.authorize(connected.principal, .subscribe, topic: filter.filter) == .accept else {
                 codes.append(.notAuthorized)
                 continue

@@ -47,6 +47,7 @@ public final class Session: @unchecked Sendable {
     private var _principal: Principal
     private var _expiryInterval: UInt32
     private var receiveMaximum: Int
+    /// By the filter as the client wrote it (`$share/g/a` and `a` are two subscriptions).
     private var subscriptionFilters: [String: SubscriptionEntry] = [:]
     private var queue = CircularBuffer<QueuedMessage>()
     private var inflight: [UInt16: InflightMessage] = [:]
@@ -113,14 +114,15 @@ public final class Session: @unchecked Sendable {
 
     // MARK: Subscriptions
 
-    func recordSubscription(_ entry: SubscriptionEntry, filter: String) -> Bool {
-        lock.withLock { subscriptionFilters.updateValue(entry, forKey: filter) != nil }
+    func recordSubscription(_ entry: SubscriptionEntry, filter: MQTTTopicFilter) -> Bool {
+        lock.withLock { subscriptionFilters.updateValue(entry, forKey: filter.text) != nil }
     }
 
     func forgetSubscription(filter: String) -> Bool {
         lock.withLock { subscriptionFilters.removeValue(forKey: filter) != nil }
     }
 
+    /// The session's filters as the client wrote them.
     var subscribedFilters: [String] { lock.withLock { Array(subscriptionFilters.keys) } }
 
     // MARK: Outbound

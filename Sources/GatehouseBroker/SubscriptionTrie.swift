@@ -1,3 +1,4 @@
+import Atomics
 public import MQTTCore
 
 /// One client's subscription to one filter, as the router sees it.
@@ -20,30 +21,55 @@ final class TrieNode: Sendable {
     let children: [String: TrieNode]
     /// Subscriptions whose filter ends at this node, by client id.
     let subscribers: [String: SubscriptionEntry]
+    /// Shared subscriptions ending at this node, by share name.
+    let sharedGroups: [String: SharedGroup]
 
-    static let empty = TrieNode(children: [:], subscribers: [:])
+    static let empty = TrieNode(children: [:], subscribers: [:], sharedGroups: [:])
 
-    init(children: [String: TrieNode], subscribers: [String: SubscriptionEntry]) {
+    init(children: [String: TrieNode], subscribers: [String: SubscriptionEntry], sharedGroups: [String: SharedGroup]) {
         self.children = children
         self.subscribers = subscribers
+        self.sharedGroups = sharedGroups
     }
 
-    var isEmpty: Bool { children.isEmpty && subscribers.isEmpty }
+    var isEmpty: Bool { children.isEmpty && subscribers.isEmpty && sharedGroups.isEmpty }
 
-    func updating(
-        levels: ArraySlice<Substring>,
-        _ change: (inout [String: SubscriptionEntry]) -> Void
-    ) -> TrieNode {
-        guard let level = levels.first else {
-            var subscribers = self.subscribers
-            change(&subscribers)
-            return TrieNode(children: children, subscribers: subscribers)
-        }
+    /// A copy with the node at `levels` changed by `change`; the path to it is copied, the
+    /// rest shared.
+    func updating(levels: ArraySlice<Substring>, _ change: (TrieNode) -> TrieNode) -> TrieNode {
+        guard let level = levels.first else { return change(self) }
         let key = String(level)
         let child = (children[key] ?? .empty).updating(levels: levels.dropFirst(), change)
         var children = self.children
         children[key] = child.isEmpty ? nil : child
-        return TrieNode(children: children, subscribers: subscribers)
+        return TrieNode(children: children, subscribers: subscribers, sharedGroups: sharedGroups)
+    }
+
+    func with(subscribers: [String: SubscriptionEntry]) -> TrieNode {
+        TrieNode(children: children, subscribers: subscribers, sharedGroups: sharedGroups)
+    }
+
+    func with(sharedGroups: [String: SharedGroup]) -> TrieNode {
+        TrieNode(children: children, subscribers: subscribers, sharedGroups: sharedGroups)
+    }
+}
+
+/// The members of one shared subscription (`$share/{name}/{filter}`) and the round-robin
+/// position, which survives membership changes because the counter object is carried over.
+public final class SharedGroup: Sendable {
+    public let members: [SubscriptionEntry]
+    let nextIndex: ManagedAtomic<Int>
+
+    init(members: [SubscriptionEntry], nextIndex: ManagedAtomic<Int>) {
+        self.members = members
+        self.nextIndex = nextIndex
+    }
+
+    /// Members in the order to try for the next message: round robin.
+    public func rotation() -> some Sequence<SubscriptionEntry> {
+        let start = nextIndex.loadThenWrappingIncrement(ordering: .relaxed)
+        let count = members.count
+        return (0..<count).lazy.map { self.members[(start &+ $0) % count] }
     }
 }
 
@@ -53,6 +79,12 @@ public struct Delivery: Sendable, Hashable {
     public var qos: MQTTQoS
     public var retainAsPublished: Bool
     public var subscriptionIdentifiers: [UInt32]
+
+    init(_ entry: SubscriptionEntry) {
+        qos = entry.options.qos
+        retainAsPublished = entry.options.retainAsPublished
+        subscriptionIdentifiers = entry.identifier.map { [$0] } ?? []
+    }
 }
 
 /// The subscription index: a topic trie whose match cost follows the topic's depth and the
@@ -63,33 +95,75 @@ public struct SubscriptionTrie: Sendable {
 
     public init() {}
 
-    /// Adds or replaces the client's subscription to `filter` (an ordinary, validated filter).
+    /// Adds or replaces the client's subscription to `filter`; a shared one joins the group.
     /// Returns whether one existed before.
     @discardableResult
-    public mutating func insert(_ entry: SubscriptionEntry, filter: String) -> Bool {
+    public mutating func insert(_ entry: SubscriptionEntry, filter: MQTTTopicFilter) -> Bool {
         var existed = false
-        root = root.updating(levels: Self.levels(filter)[...]) { subscribers in
-            existed = subscribers.updateValue(entry, forKey: entry.clientID) != nil
+        root = root.updating(levels: Self.levels(filter.filter)[...]) { node in
+            guard let group = filter.shareGroup else {
+                var subscribers = node.subscribers
+                existed = subscribers.updateValue(entry, forKey: entry.clientID) != nil
+                return node.with(subscribers: subscribers)
+            }
+            var groups = node.sharedGroups
+            let current = groups[group]
+            var members = current?.members ?? []
+            if let index = members.firstIndex(where: { $0.clientID == entry.clientID }) {
+                existed = true
+                members[index] = entry
+            } else {
+                members.append(entry)
+            }
+            groups[group] = SharedGroup(members: members, nextIndex: current?.nextIndex ?? ManagedAtomic(0))
+            return node.with(sharedGroups: groups)
         }
         if !existed { count += 1 }
         return existed
     }
 
+    /// Adds or replaces an ordinary (non-shared) subscription.
+    @discardableResult
+    public mutating func insert(_ entry: SubscriptionEntry, filter: String) -> Bool {
+        insert(entry, filter: MQTTTopicFilter(uncheckedFilter: filter))
+    }
+
     /// Removes the client's subscription to `filter`; returns whether there was one.
     @discardableResult
-    public mutating func remove(clientID: String, filter: String) -> Bool {
+    public mutating func remove(clientID: String, filter: MQTTTopicFilter) -> Bool {
         var removed = false
-        root = root.updating(levels: Self.levels(filter)[...]) { subscribers in
-            removed = subscribers.removeValue(forKey: clientID) != nil
+        root = root.updating(levels: Self.levels(filter.filter)[...]) { node in
+            guard let group = filter.shareGroup else {
+                var subscribers = node.subscribers
+                removed = subscribers.removeValue(forKey: clientID) != nil
+                return node.with(subscribers: subscribers)
+            }
+            var groups = node.sharedGroups
+            guard let current = groups[group] else { return node }
+            let members = current.members.filter { $0.clientID != clientID }
+            removed = members.count != current.members.count
+            groups[group] = members.isEmpty ? nil : SharedGroup(members: members, nextIndex: current.nextIndex)
+            return node.with(sharedGroups: groups)
         }
         if removed { count -= 1 }
         return removed
     }
 
-    /// Every client a PUBLISH on `topic` reaches, merged per client. A subscription with No
-    /// Local does not see its own client's messages. [MQTT-3.8.3-3]
+    @discardableResult
+    public mutating func remove(clientID: String, filter: String) -> Bool {
+        remove(clientID: clientID, filter: MQTTTopicFilter(uncheckedFilter: filter))
+    }
+
+    /// Every client a PUBLISH on `topic` reaches through ordinary subscriptions, merged per
+    /// client. A subscription with No Local does not see its own client's messages. [MQTT-3.8.3-3]
     public func match(topic: String, publisherClientID: String?) -> [String: Delivery] {
-        var result: [String: Delivery] = [:]
+        matchAll(topic: topic, publisherClientID: publisherClientID).deliveries
+    }
+
+    /// Ordinary deliveries plus the shared groups the topic matches; each group delivers one
+    /// copy, apart from any ordinary one. [MQTT-4.8.2]
+    public func matchAll(topic: String, publisherClientID: String?) -> Match {
+        var result = Match()
         let levels = Self.levels(topic)
         // Wildcards at the first level never match a $-topic. [MQTT-4.7.2-1]
         let isDollarTopic = topic.utf8.first == UInt8(ascii: "$")
@@ -98,21 +172,27 @@ public struct SubscriptionTrie: Sendable {
         return result
     }
 
+    public struct Match: Sendable {
+        public var deliveries: [String: Delivery] = [:]
+        public var sharedGroups: [SharedGroup] = []
+        public var isEmpty: Bool { deliveries.isEmpty && sharedGroups.isEmpty }
+    }
+
     private func collect(
         _ node: TrieNode,
         levels: [Substring],
         index: Int,
         isDollarTopic: Bool,
         publisher: String?,
-        into result: inout [String: Delivery]
+        into result: inout Match
     ) {
         let wildcardsAllowed = !(index == 0 && isDollarTopic)
         if wildcardsAllowed, let hash = node.children["#"] {
             // `#` matches this level and everything below, including the parent itself.
-            add(hash.subscribers, publisher: publisher, into: &result)
+            add(hash, publisher: publisher, into: &result)
         }
         guard index < levels.count else {
-            add(node.subscribers, publisher: publisher, into: &result)
+            add(node, publisher: publisher, into: &result)
             return
         }
         if wildcardsAllowed, let plus = node.children["+"] {
@@ -127,23 +207,18 @@ public struct SubscriptionTrie: Sendable {
         }
     }
 
-    private func add(
-        _ subscribers: [String: SubscriptionEntry], publisher: String?, into result: inout [String: Delivery]
-    ) {
-        for (clientID, entry) in subscribers {
+    private func add(_ node: TrieNode, publisher: String?, into result: inout Match) {
+        result.sharedGroups.append(contentsOf: node.sharedGroups.values)
+        for (clientID, entry) in node.subscribers {
             if entry.options.noLocal && clientID == publisher { continue }
             let identifiers = entry.identifier.map { [$0] } ?? []
-            if var existing = result[clientID] {
+            if var existing = result.deliveries[clientID] {
                 existing.qos = max(existing.qos, entry.options.qos)
                 existing.retainAsPublished = existing.retainAsPublished || entry.options.retainAsPublished
                 existing.subscriptionIdentifiers += identifiers
-                result[clientID] = existing
+                result.deliveries[clientID] = existing
             } else {
-                result[clientID] = Delivery(
-                    qos: entry.options.qos,
-                    retainAsPublished: entry.options.retainAsPublished,
-                    subscriptionIdentifiers: identifiers
-                )
+                result.deliveries[clientID] = Delivery(entry)
             }
         }
     }

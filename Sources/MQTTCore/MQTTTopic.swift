@@ -113,7 +113,16 @@ public struct MQTTTopicFilter: Hashable, Sendable {
         self.shareGroup = String(Substring(group))
     }
 
+    /// A filter already known to be a valid, ordinary one (no `$share/` parsing).
+    public init(uncheckedFilter filter: String) {
+        self.filter = filter
+        self.shareGroup = nil
+    }
+
     public var isShared: Bool { shareGroup != nil }
+
+    /// The filter as the client wrote it, `$share/{name}/` included.
+    public var text: String { shareGroup.map { Self.sharePrefix + $0 + "/" + filter } ?? filter }
 
     public func matches(topic: String) -> Bool { MQTTTopic.matches(filter: filter, topic: topic) }
 }

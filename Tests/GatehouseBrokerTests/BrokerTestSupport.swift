@@ -40,6 +40,8 @@ final class TestConnection {
     let channel: NIOAsyncTestingChannel
     let version: MQTTProtocolVersion
     private var parser: MQTTPacketParser
+    /// Written bytes not yet parsed: one write may hold several packets.
+    private var unread = ByteBuffer()
 
     init(broker: Broker, version: MQTTProtocolVersion = .v5, connectTimeout: TimeAmount = .seconds(10)) async throws {
         let channel = NIOAsyncTestingChannel()
@@ -72,20 +74,22 @@ final class TestConnection {
 
     /// The next packet the broker writes. Testing event loops run tasks only when asked, and
     /// wakes arrive from other connections' loops, so this polls: run, look, wait a little.
-    func receive(within timeout: Duration = .seconds(5)) async throws -> MQTTPacket {
+    func receive(
+        within timeout: Duration = .seconds(5),
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> MQTTPacket {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while clock.now < deadline {
+            if let packet = try parser.parse(from: &unread) { return packet }
             await channel.testingEventLoop.run()
             if var bytes = try await channel.readOutbound(as: ByteBuffer.self) {
-                guard let packet = try parser.parse(from: &bytes) else {
-                    throw TestFailure("a partial packet was written")
-                }
-                return packet
+                unread.writeBuffer(&bytes)
+                continue
             }
             try await Task.sleep(for: .milliseconds(2))
         }
-        throw TestFailure("no packet within \(timeout)")
+        throw TestFailure("no packet within \(timeout) (line \(sourceLocation.line))")
     }
 
     /// Nothing more is written while pending tasks everywhere get a chance to run.
@@ -95,7 +99,9 @@ final class TestConnection {
             try await Task.sleep(for: .milliseconds(5))
         }
         let extra = try await channel.readOutbound(as: ByteBuffer.self)
-        #expect(extra == nil, "unexpected bytes: \(String(describing: extra))", sourceLocation: sourceLocation)
+        #expect(
+            extra == nil && unread.readableBytes == 0, "unexpected bytes: \(String(describing: extra)) \(unread)",
+            sourceLocation: sourceLocation)
     }
 
     @discardableResult

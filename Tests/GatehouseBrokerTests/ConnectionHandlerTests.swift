@@ -98,7 +98,7 @@ struct ConnectionHandlerTests {
         #expect(try await legacy.receive() == .puback(.init(packetIdentifier: 4)))
     }
 
-    @Test("SUBACK: invalid filter 0x8F, refused 0x87, shared not yet supported 0x9E; 3.1.1 sees 0x80")
+    @Test("SUBACK: invalid filter 0x8F, refused 0x87 (also when shared), granted QoS; 3.1.1 sees 0x80")
     func subackCodes() async throws {
         let broker = makeBroker()
         let client = try await TestConnection(broker: broker)
@@ -109,7 +109,7 @@ struct ConnectionHandlerTests {
                     packetIdentifier: 5,
                     subscriptions: [
                         .init(topicFilter: "a/#/b"), .init(topicFilter: "forbidden/#"),
-                        .init(topicFilter: "$share/g/a"),
+                        .init(topicFilter: "$share/g/forbidden/x"),
                         .init(topicFilter: "ok/+", options: .init(qos: .exactlyOnce)),
                     ])))
         #expect(
@@ -118,7 +118,7 @@ struct ConnectionHandlerTests {
                     .init(
                         packetIdentifier: 5,
                         reasonCodes: [
-                            .topicFilterInvalid, .notAuthorized, .sharedSubscriptionsNotSupported, .grantedQoS2,
+                            .topicFilterInvalid, .notAuthorized, .notAuthorized, .grantedQoS2,
                         ])))
         let legacy = try await TestConnection(broker: broker, version: .v311)
         try await legacy.connect(clientID: "l")
@@ -379,5 +379,53 @@ struct ConnectionHandlerTests {
         try await client.connect(clientID: "c")
         try await client.send(.pingreq)
         #expect(try await client.receive() == .pingresp)
+    }
+
+    @Test("a shared subscription delivers each message to one member in turn, 3.1.1 members too")
+    func sharedSubscription() async throws {
+        let broker = makeBroker()
+        let first = try await TestConnection(broker: broker)
+        try await first.connect(clientID: "w1")
+        let second = try await TestConnection(broker: broker, version: .v311)
+        try await second.connect(clientID: "w2")
+        for member in [first, second] { _ = try await member.subscribe("$share/workers/jobs/#", qos: .atMostOnce) }
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        for index in 1...4 {
+            try await publisher.send(
+                .publish(.init(topicName: "jobs/\(index)", payload: ByteBuffer(string: "\(index)"))))
+        }
+        var received: [String] = []
+        for member in [first, second] {
+            for _ in 0..<2 {
+                guard case .publish(let job) = try await member.receive() else { throw TestFailure("expected a job") }
+                received.append(job.topicName)
+            }
+            try await member.expectSilence()
+        }
+        #expect(received.sorted() == ["jobs/1", "jobs/2", "jobs/3", "jobs/4"])
+    }
+
+    @Test("a new shared subscription gets no retained message; an ordinary one beside it does")
+    func sharedSubscriptionNoRetained() async throws {
+        let broker = makeBroker()
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(.publish(.init(topicName: "state", payload: ByteBuffer(string: "kept"), retain: true)))
+        await publisher.channel.testingEventLoop.run()
+        let member = try await TestConnection(broker: broker)
+        try await member.connect(clientID: "m")
+        _ = try await member.subscribe("$share/g/state", qos: .atMostOnce)
+        try await member.expectSilence()
+        _ = try await member.subscribe("state", qos: .atMostOnce, packetIdentifier: 2)
+        guard case .publish(let retained) = try await member.receive() else { throw TestFailure("expected retained") }
+        #expect(retained.retain)
+        // Now both subscriptions match: one copy each. (5.0 §4.8.2)
+        try await publisher.send(.publish(.init(topicName: "state", payload: ByteBuffer(string: "live"))))
+        for _ in 0..<2 {
+            guard case .publish(let copy) = try await member.receive() else { throw TestFailure("expected two copies") }
+            #expect(copy.payload == ByteBuffer(string: "live"))
+        }
+        try await member.expectSilence()
     }
 }

@@ -74,4 +74,25 @@ struct SubscriptionTrieTests {
         #expect(before.match(topic: "a", publisherClientID: nil).count == 1)
         #expect(index.snapshot.match(topic: "a", publisherClientID: nil).count == 2)
     }
+
+    @Test("a shared group rotates through its members and keeps its place when one leaves")
+    func sharedGroups() throws {
+        var trie = SubscriptionTrie()
+        let filter = try MQTTTopicFilter(parsing: "$share/workers/jobs/+")
+        for member in ["a", "b", "c"] { trie.insert(entry(member), filter: filter) }
+        trie.insert(entry("solo"), filter: "jobs/+")
+        let match = trie.matchAll(topic: "jobs/1", publisherClientID: nil)
+        #expect(Set(match.deliveries.keys) == ["solo"])
+        #expect(match.sharedGroups.count == 1)
+        let group = try #require(match.sharedGroups.first)
+        let firsts = (0..<6).compactMap { _ in group.rotation().first { _ in true }?.clientID }
+        #expect(firsts == ["a", "b", "c", "a", "b", "c"])
+
+        let removed = trie.remove(clientID: "b", filter: filter)
+        #expect(removed && trie.count == 3)
+        let after = try #require(trie.matchAll(topic: "jobs/1", publisherClientID: nil).sharedGroups.first)
+        #expect(after.members.map(\.clientID) == ["a", "c"])
+        for member in ["a", "c"] { trie.remove(clientID: member, filter: filter) }
+        #expect(trie.matchAll(topic: "jobs/1", publisherClientID: nil).sharedGroups.isEmpty)
+    }
 }

@@ -9,7 +9,10 @@ struct PahoMQTT5Tests {
 
     @Test(
         "paho-mqtt 5.0 checks",
-        arguments: ["user-properties-and-expiry", "expired-message", "topic-alias", "no-local", "session-expiry"])
+        arguments: [
+            "user-properties-and-expiry", "expired-message", "topic-alias", "no-local", "session-expiry",
+            "shared-subscription",
+        ])
     func check(_ name: String) async throws {
         let broker = try BrokerProcess(arguments: ["--allow-anonymous"])
         try await broker.waitUntilListening()

@@ -153,6 +153,27 @@ def check_session_expiry():
     expect(not again.connack.get(timeout=5).session_present, "an expiry-0 session outlived its connection")
 
 
+def check_shared_subscription():
+    members = [client(f"worker-{i}-{uuid.uuid4().hex[:6]}") for i in range(2)]
+    for member in members:
+        subscribe(member, "$share/workers/tasks/#")
+    pub = client(f"pub-{uuid.uuid4().hex[:8]}")
+    for index in range(6):
+        pub.publish(f"tasks/{index}", str(index).encode(), qos=1).wait_for_publish(5)
+    counts = []
+    for member in members:
+        got = 0
+        while True:
+            try:
+                member.inbox.get(timeout=1)
+                got += 1
+            except queue.Empty:
+                break
+        counts.append(got)
+    expect(sum(counts) == 6, f"each task once in total, got {counts}")
+    expect(counts == [3, 3], f"round robin between two members, got {counts}")
+
+
 def check_shutdown_disconnect():
     """Waits, connected, until the test stops the broker; expects DISCONNECT 0x8B first."""
     reasons = queue.Queue()
@@ -170,6 +191,7 @@ CHECKS = {
     "no-local": check_no_local,
     "session-expiry": check_session_expiry,
     "shutdown-disconnect": check_shutdown_disconnect,
+    "shared-subscription": check_shared_subscription,
 }
 
 CHECKS[CHECK]()
