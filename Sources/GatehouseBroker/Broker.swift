@@ -85,9 +85,13 @@ public final class Broker: Sendable {
         }
         var previous = session.attach(
             connection, principal: principal, receiveMaximum: receiveMaximum, expiryInterval: expiryInterval)
+        // Reconnecting before a delayed Will is due cancels it. [MQTT-3.1.3-9]
+        _ = session.takePendingWill()
         if let discarded {
             previous = discarded.detachAll() ?? previous
             removeSubscriptions(of: discarded)
+            // Clean Start ends the old session, and a Will still waiting is due at its end.
+            if let will = discarded.takePendingWill() { publishNow(will) }
         }
         return OpenedSession(session: session, sessionPresent: present, previousConnection: previous)
     }
@@ -112,7 +116,35 @@ public final class Broker: Sendable {
             sessions[session.clientID] = nil
             return true
         }
-        if removed { removeSubscriptions(of: session) }
+        guard removed else { return }
+        removeSubscriptions(of: session)
+        if let will = session.takePendingWill() { publishNow(will) }
+    }
+
+    /// Publishes the Will of a connection that ended: now, or after its Will Delay Interval
+    /// unless the session ends first or a new connection resumes it. [MQTT-3.1.3-9]
+    public func publishWill(
+        _ will: RoutedMessage,
+        delay: UInt32,
+        session: Session,
+        on eventLoop: any EventLoop
+    ) {
+        let wait = min(delay, session.expiryInterval)
+        guard wait > 0 else {
+            publishNow(will)
+            return
+        }
+        session.setPendingWill(will)
+        eventLoop.scheduleTask(in: .seconds(Int64(wait))) { [self] in
+            if let due = session.takePendingWill() { publishNow(due) }
+        }
+    }
+
+    /// Routes a message from outside any read cycle and wakes its subscribers.
+    private func publishNow(_ message: RoutedMessage) {
+        var wakes: [any SessionConnection] = []
+        publish(message, wakes: &wakes)
+        wake(wakes)
     }
 
     private func removeSubscriptions(of session: Session) {

@@ -511,8 +511,15 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 publisherClientID: connected.session.clientID,
                 now: .now()
             )
-            broker.publish(message, wakes: &wakes)
-            flushWakes()
+            let delay = will.properties.willDelayInterval ?? 0
+            let session = connected.session
+            if session.isAttached(to: self) {
+                broker.publishWill(message, delay: delay, session: session, on: eventLoop)
+            } else if delay == 0 || broker.session(clientID: session.clientID) !== session {
+                // Taken over: a Will without delay is due now, a delayed one only if its session
+                // ended (Clean Start); a resumed session cancels it. [MQTT-3.1.3-9]
+                broker.publishWill(message, delay: 0, session: session, on: eventLoop)
+            }
         }
         broker.connectionClosed(self, session: connected.session, on: eventLoop)
     }

@@ -57,6 +57,8 @@ public final class Session: @unchecked Sendable {
     private var drainScheduled = false
     private var resendInflight = false
     private var droppedMessages = 0
+    /// A Will waiting out its delay; a new connection to the session cancels it.
+    private var pendingWill: RoutedMessage?
     private let maximumQueuedMessages: Int
 
     init(clientID: String, principal: Principal, expiryInterval: UInt32, maximumQueuedMessages: Int) {
@@ -110,6 +112,20 @@ public final class Session: @unchecked Sendable {
 
     func isAttached(to candidate: any SessionConnection) -> Bool {
         lock.withLock { connection === candidate }
+    }
+
+    // MARK: Delayed Will
+
+    func setPendingWill(_ will: RoutedMessage) {
+        lock.withLock { pendingWill = will }
+    }
+
+    /// Takes the delayed Will, if it is still waiting.
+    func takePendingWill() -> RoutedMessage? {
+        lock.withLock {
+            defer { pendingWill = nil }
+            return pendingWill
+        }
     }
 
     // MARK: Subscriptions

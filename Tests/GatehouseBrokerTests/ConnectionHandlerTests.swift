@@ -428,4 +428,51 @@ struct ConnectionHandlerTests {
         }
         try await member.expectSilence()
     }
+
+    @Test("a delayed Will waits out its delay, and is cancelled when the session is resumed in time")
+    func willDelay() async throws {
+        let broker = makeBroker()
+        let watcher = try await TestConnection(broker: broker)
+        try await watcher.connect(clientID: "w")
+        _ = try await watcher.subscribe("status/#", qos: .atMostOnce)
+        let delayed = MQTTPacket.Will(
+            topic: "status/d", payload: ByteBuffer(string: "late"), properties: [.willDelayInterval(10)])
+        let persistent: MQTTProperties = [.sessionExpiryInterval(60)]
+
+        let dropped = try await TestConnection(broker: broker)
+        try await dropped.connect(clientID: "d", cleanStart: false, will: delayed, properties: persistent)
+        try await dropped.channel.close()
+        await dropped.channel.testingEventLoop.advanceTime(by: .seconds(9))
+        try await watcher.expectSilence()
+        await dropped.channel.testingEventLoop.advanceTime(by: .seconds(1))
+        guard case .publish(let will) = try await watcher.receive() else {
+            throw TestFailure("expected the Will at 10 s")
+        }
+        #expect(will.payload == ByteBuffer(string: "late"))
+
+        let resumed = try await TestConnection(broker: broker)
+        try await resumed.connect(clientID: "r", cleanStart: false, will: delayed, properties: persistent)
+        try await resumed.channel.close()
+        let back = try await TestConnection(broker: broker)
+        try await back.connect(clientID: "r", cleanStart: false, properties: persistent)
+        await resumed.channel.testingEventLoop.advanceTime(by: .seconds(11))
+        try await watcher.expectSilence()
+    }
+
+    @Test("a Will delayed beyond the session's expiry is sent when the session ends")
+    func willDelayCappedBySessionExpiry() async throws {
+        let broker = makeBroker()
+        let watcher = try await TestConnection(broker: broker)
+        try await watcher.connect(clientID: "w")
+        _ = try await watcher.subscribe("status/#", qos: .atMostOnce)
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(
+            clientID: "c", cleanStart: false,
+            will: .init(topic: "status/c", payload: ByteBuffer(string: "gone"), properties: [.willDelayInterval(300)]),
+            properties: [.sessionExpiryInterval(5)])
+        try await client.channel.close()
+        await client.channel.testingEventLoop.advanceTime(by: .seconds(5))
+        guard case .publish = try await watcher.receive() else { throw TestFailure("expected the Will at session end") }
+        #expect(broker.session(clientID: "c") == nil)
+    }
 }
