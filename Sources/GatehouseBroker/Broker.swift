@@ -29,6 +29,7 @@ public final class Broker: Sendable {
     public let authorizer: any Authorizer
     public let subscriptions = SubscriptionIndex()
     public let retained = RetainedStore()
+    public let statistics = BrokerStatistics()
     let logger: Logger
     private let sessions = NIOLockedValueBox<[String: Session]>([:])
 
@@ -78,7 +79,8 @@ public final class Broker: Sendable {
                 clientID: clientID,
                 principal: principal,
                 expiryInterval: expiryInterval,
-                maximumQueuedMessages: configuration.maximumQueuedMessages
+                maximumQueuedMessages: configuration.maximumQueuedMessages,
+                statistics: statistics
             )
             sessions[clientID] = fresh
             return (fresh, false, existing)

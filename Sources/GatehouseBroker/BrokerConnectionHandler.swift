@@ -37,6 +37,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var flushPending = false
     /// Acknowledgements freed the in-flight window: drain once at read-complete.
     private var drainPending = false
+    private var tally = TrafficTally()
     private var connectTimeoutTask: Scheduled<Void>?
     private var logger: Logger
     private let broker: Broker
@@ -84,6 +85,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             context.flush()
         }
         flushWakes()
+        tally.flush(into: broker.statistics)
         context.fireChannelReadComplete()
     }
 
@@ -233,6 +235,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 .sharedSubscriptionAvailable(1),
             ]
         }
+        broker.statistics.add(broker.statistics.clientsConnected, 1)
         let sessionPresent = opened.sessionPresent && !connect.cleanStart
         send(
             .connack(
@@ -302,6 +305,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     }
 
     private func receivePublish(_ publish: MQTTPacket.Publish, _ connected: Connected) {
+        tally.messagesReceived += 1
+        tally.bytesReceived += publish.payload.readableBytes
         var connected = connected
         let version = connected.version
         // Topic alias: a name sets the alias, an empty name uses it. [MQTT-3.3.2-12]
@@ -434,11 +439,15 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                     if queued.qos != .atMostOnce { _ = connected.session.completeOutbound(identifier) }
                     continue
                 }
+                tally.messagesSent += 1
+                tally.bytesSent += queued.message.payload.readableBytes
             }
         }
         guard buffer.readableBytes > 0 else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
         flushOrDefer(context)
+        // Drains outside a read cycle (woken by other connections) hand over their counts here.
+        if !inReadCycle { tally.flush(into: broker.statistics) }
     }
 
     private func flushOrDefer(_ context: ChannelHandlerContext) {
@@ -498,8 +507,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             return
         }
         state = .closed
+        broker.statistics.add(broker.statistics.clientsConnected, -1)
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
         flushWakes()
+        tally.flush(into: broker.statistics)
         if let will = connected.will,
             broker.authorizer.authorize(connected.principal, .publish, topic: will.topic) == .accept
         {

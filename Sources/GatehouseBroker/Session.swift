@@ -60,8 +60,16 @@ public final class Session: @unchecked Sendable {
     /// A Will waiting out its delay; a new connection to the session cancels it.
     private var pendingWill: RoutedMessage?
     private let maximumQueuedMessages: Int
+    private let statistics: BrokerStatistics?
 
-    init(clientID: String, principal: Principal, expiryInterval: UInt32, maximumQueuedMessages: Int) {
+    init(
+        clientID: String,
+        principal: Principal,
+        expiryInterval: UInt32,
+        maximumQueuedMessages: Int,
+        statistics: BrokerStatistics? = nil
+    ) {
+        self.statistics = statistics
         self.clientID = clientID
         self._principal = principal
         self._expiryInterval = expiryInterval
@@ -152,16 +160,16 @@ public final class Session: @unchecked Sendable {
             if queue.count >= maximumQueuedMessages {
                 // Full: QoS 0 goes first, the new message's or the oldest queued one's.
                 if queued.qos == .atMostOnce {
-                    droppedMessages += 1
+                    recordDrop()
                     return nil
                 }
                 if let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) {
                     queue.remove(at: index)
                 } else {
-                    droppedMessages += 1
+                    recordDrop()
                     return nil
                 }
-                droppedMessages += 1
+                recordDrop()
             }
             queue.append(queued)
             guard let connection, !drainScheduled else { return nil }
@@ -204,6 +212,11 @@ public final class Session: @unchecked Sendable {
             }
             return outgoing
         }
+    }
+
+    private func recordDrop() {
+        droppedMessages += 1
+        if let statistics { statistics.add(statistics.messagesDropped, 1) }
     }
 
     private func allocatePacketIdentifier() -> UInt16 {

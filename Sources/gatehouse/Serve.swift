@@ -30,6 +30,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a new connection has to send CONNECT.")
     var connectTimeout: Int = 10
 
+    @Option(help: "Seconds between updates of the $SYS/broker/... topics; 0 turns them off.")
+    var sysInterval: Int = 10
+
     @Flag(help: "Accept every client without credentials and allow it every topic. Development only.")
     var allowAnonymous = false
 
@@ -44,6 +47,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--max-packet-size must be between 64 and 268435460 bytes")
         }
         guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be at least 1 second") }
+        guard sysInterval >= 0 else { throw ValidationError("--sys-interval must be 0 (off) or a number of seconds") }
     }
 
     func run() async throws {
@@ -81,6 +85,11 @@ struct Serve: AsyncParsableCommand {
             group: MultiThreadedEventLoopGroup.singleton,
             logger: logger
         )
+        if sysInterval > 0 {
+            _ = broker.startSystemTopics(
+                version: GatehouseVersion.current, interval: .seconds(Int64(sysInterval)),
+                on: MultiThreadedEventLoopGroup.singleton.next())
+        }
         let services = ServiceGroup(
             configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

@@ -475,4 +475,42 @@ struct ConnectionHandlerTests {
         guard case .publish = try await watcher.receive() else { throw TestFailure("expected the Will at session end") }
         #expect(broker.session(clientID: "c") == nil)
     }
+
+    @Test("$SYS topics count clients and messages, reach $SYS subscribers, and not '#'")
+    func systemTopics() async throws {
+        let broker = makeBroker()
+        let everything = try await TestConnection(broker: broker)
+        try await everything.connect(clientID: "all")
+        _ = try await everything.subscribe("#", qos: .atMostOnce)
+        let operations = try await TestConnection(broker: broker)
+        try await operations.connect(clientID: "ops")
+        _ = try await operations.subscribe("$SYS/broker/+", qos: .atMostOnce)
+        _ = try await operations.subscribe("$SYS/broker/messages/+", qos: .atMostOnce, packetIdentifier: 2)
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(.publish(.init(topicName: "a", payload: ByteBuffer(string: "12345"))))
+        guard case .publish = try await everything.receive() else { throw TestFailure("expected the message") }
+        await publisher.channel.testingEventLoop.run()
+
+        let counts = broker.statistics.snapshot
+        #expect(counts.clientsConnected == 3)
+        #expect(counts.messagesReceived == 1 && counts.messagesSent == 1)
+        #expect(counts.bytesReceived == 5 && counts.bytesSent == 5)
+
+        broker.publishSystemTopics(version: "test")
+        var seen: [String: String] = [:]
+        while seen.count < 5 {  // version, uptime, messages/received|sent|dropped
+            guard case .publish(let value) = try await operations.receive() else { throw TestFailure("expected $SYS") }
+            seen[value.topicName] = String(buffer: value.payload)
+        }
+        #expect(seen["$SYS/broker/version"] == "gatehouse test")
+        #expect(seen["$SYS/broker/messages/received"] == "1")
+        #expect(seen["$SYS/broker/messages/sent"] == "1")
+        try await operations.expectSilence()
+        try await everything.expectSilence()  // '#' never matches $SYS [MQTT-4.7.2-1]
+
+        try await publisher.channel.close()
+        await publisher.channel.testingEventLoop.run()
+        #expect(broker.statistics.snapshot.clientsConnected == 2)
+    }
 }

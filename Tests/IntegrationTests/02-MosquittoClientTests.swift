@@ -114,4 +114,24 @@ struct MosquittoClientTests {
         #expect(back.output.contains("jobs/1 while-away"), "\(back.output)")
         #expect(try await broker.stop() == 0)
     }
+
+    @Test("$SYS/broker topics are published, and '#' does not match them")
+    func systemTopics() async throws {
+        let broker = try BrokerProcess(arguments: ["--allow-anonymous", "--sys-interval", "1"])
+        try await broker.waitUntilListening()
+        let port = String(broker.port)
+        let version = try await runTool("mosquitto_sub", ["-p", port, "-t", "$SYS/broker/version", "-C", "1"])
+        #expect(version.output.hasPrefix("gatehouse "), "\(version.output)")
+        // The first value is the retained one from before this client connected; the next counts it.
+        let clients = try await runTool(
+            "mosquitto_sub", ["-p", port, "-t", "$SYS/broker/clients/connected", "-C", "2"])
+        let latest = clients.output.split(separator: "\n").last.flatMap { Int($0) } ?? 0
+        #expect(latest >= 1, "\(clients.output)")
+        let everything = try RunningTool("mosquitto_sub", ["-p", port, "-t", "#", "-v", "-d"])
+        try await everything.waitForOutput("received SUBACK")
+        _ = try await runTool("mosquitto_pub", ["-p", port, "-t", "marker", "-m", "end"])
+        try await everything.waitForOutput("marker end")
+        #expect(!everything.output.contains("$SYS"), "\(everything.output)")
+        #expect(try await broker.stop() == 0)
+    }
 }

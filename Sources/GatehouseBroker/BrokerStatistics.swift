@@ -1,0 +1,103 @@
+import Atomics
+import MQTTCore
+public import NIOCore
+
+/// Broker-wide counters for `$SYS/broker/…`. Connections add their counts once per read
+/// cycle, not per message, so the shared atomics stay off the per-message path.
+public final class BrokerStatistics: Sendable {
+    public let startedAt = NIODeadline.now()
+    let clientsConnected = ManagedAtomic<Int>(0)
+    let messagesReceived = ManagedAtomic<Int>(0)
+    let messagesSent = ManagedAtomic<Int>(0)
+    let messagesDropped = ManagedAtomic<Int>(0)
+    let bytesReceived = ManagedAtomic<Int>(0)
+    let bytesSent = ManagedAtomic<Int>(0)
+
+    public init() {}
+
+    public struct Snapshot: Sendable, Equatable {
+        public var clientsConnected: Int
+        public var messagesReceived: Int
+        public var messagesSent: Int
+        public var messagesDropped: Int
+        public var bytesReceived: Int
+        public var bytesSent: Int
+    }
+
+    public var snapshot: Snapshot {
+        Snapshot(
+            clientsConnected: clientsConnected.load(ordering: .relaxed),
+            messagesReceived: messagesReceived.load(ordering: .relaxed),
+            messagesSent: messagesSent.load(ordering: .relaxed),
+            messagesDropped: messagesDropped.load(ordering: .relaxed),
+            bytesReceived: bytesReceived.load(ordering: .relaxed),
+            bytesSent: bytesSent.load(ordering: .relaxed)
+        )
+    }
+
+    func add(_ counter: ManagedAtomic<Int>, _ amount: Int) {
+        if amount != 0 { counter.wrappingIncrement(by: amount, ordering: .relaxed) }
+    }
+}
+
+/// Counts a connection's traffic in plain integers and hands it to the shared counters in
+/// one go.
+struct TrafficTally {
+    var messagesReceived = 0
+    var messagesSent = 0
+    var bytesReceived = 0
+    var bytesSent = 0
+
+    mutating func flush(into statistics: BrokerStatistics) {
+        statistics.add(statistics.messagesReceived, messagesReceived)
+        statistics.add(statistics.messagesSent, messagesSent)
+        statistics.add(statistics.bytesReceived, bytesReceived)
+        statistics.add(statistics.bytesSent, bytesSent)
+        self = TrafficTally()
+    }
+}
+
+extension Broker {
+    /// The `$SYS/broker/…` topics and their current values, named as Mosquitto names them.
+    public func systemTopics(version: String, now: NIODeadline = .now()) -> [(topic: String, value: String)] {
+        let counts = statistics.snapshot
+        let uptime = (now - statistics.startedAt).nanoseconds / 1_000_000_000
+        return [
+            ("$SYS/broker/version", "gatehouse \(version)"),
+            ("$SYS/broker/uptime", "\(uptime) seconds"),
+            ("$SYS/broker/clients/connected", "\(counts.clientsConnected)"),
+            ("$SYS/broker/messages/received", "\(counts.messagesReceived)"),
+            ("$SYS/broker/messages/sent", "\(counts.messagesSent)"),
+            ("$SYS/broker/messages/dropped", "\(counts.messagesDropped)"),
+            ("$SYS/broker/bytes/received", "\(counts.bytesReceived)"),
+            ("$SYS/broker/bytes/sent", "\(counts.bytesSent)"),
+            ("$SYS/broker/subscriptions/count", "\(subscriptions.snapshot.count)"),
+            ("$SYS/broker/retained messages/count", "\(retained.count)"),
+        ]
+    }
+
+    /// Publishes the `$SYS` topics as retained QoS 0 messages, so new subscribers see the
+    /// latest values at once.
+    public func publishSystemTopics(version: String) {
+        var wakes: [any SessionConnection] = []
+        let now = NIODeadline.now()
+        for (topic, value) in systemTopics(version: version, now: now) {
+            let message = RoutedMessage(
+                topic: topic, payload: ByteBuffer(string: value), qos: .atMostOnce, retain: true)
+            publish(message, wakes: &wakes)
+        }
+        wake(wakes)
+    }
+
+    /// Publishes the `$SYS` topics every `interval` on `eventLoop` until the returned task is
+    /// cancelled.
+    public func startSystemTopics(
+        version: String,
+        interval: TimeAmount,
+        on eventLoop: any EventLoop
+    ) -> RepeatedTask {
+        eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { [self] _ in
+            publishSystemTopics(version: version)
+        }
+    }
+}
