@@ -177,7 +177,8 @@ public final class Broker: Sendable {
         options: MQTTPacket.SubscriptionOptions,
         identifier: UInt32?
     ) -> [RoutedMessage] {
-        let entry = SubscriptionEntry(clientID: session.clientID, options: options, identifier: identifier)
+        let entry = SubscriptionEntry(
+            clientID: session.clientID, options: options, identifier: identifier, session: session)
         let existed = session.recordSubscription(entry, filter: filter)
         subscriptions.update { trie in trie.insert(entry, filter: filter) }
         // A new shared subscription gets no retained messages (5.0 §4.8.2).
@@ -209,36 +210,44 @@ public final class Broker: Sendable {
         let match = subscriptions.snapshot.matchAll(topic: message.topic, publisherClientID: message.publisherClientID)
         guard !match.isEmpty else { return 0 }
         var reached = 0
-        // One short lock to resolve every target; enqueueing then takes only each session's own.
-        let (targets, groups) = sessions.withLockedValue { sessions in
-            let ordinary = match.deliveries.compactMap { clientID, delivery in
-                sessions[clientID].map { ($0, delivery) }
-            }
-            // Each shared group sends one copy, to the next member in turn that is connected
-            // (or, if none is, to the next member at all, whose session queues it).
-            let shared = match.sharedGroups.compactMap { group -> (Session, Delivery)? in
-                var fallback: (Session, Delivery)?
-                for entry in group.rotation() {
-                    guard let session = sessions[entry.clientID] else { continue }
-                    if session.isConnected { return (session, Delivery(entry)) }
-                    if fallback == nil { fallback = (session, Delivery(entry)) }
-                }
-                return fallback
-            }
-            return (ordinary, shared)
+        for delivery in match.deliveries.values {
+            guard let session = delivery.session else { continue }
+            reached += enqueue(message, delivery, to: session, wakes: &wakes)
         }
-        for (session, delivery) in targets + groups {
-            guard authorizer.authorize(session.principal, .read, topic: message.topic) == .accept else { continue }
-            let queued = QueuedMessage(
-                message: message,
-                qos: min(message.qos, delivery.qos),
-                retain: delivery.retainAsPublished && message.retain,
-                subscriptionIdentifiers: delivery.subscriptionIdentifiers
-            )
-            reached += 1
-            if let connection = session.enqueue(queued) { wakes.append(connection) }
+        // Each shared group sends one copy, to the next member in turn that is connected (or,
+        // if none is, to the next member at all, whose session queues it).
+        for group in match.sharedGroups {
+            var chosen: SubscriptionEntry?
+            for entry in group.rotation() {
+                guard let session = entry.session else { continue }
+                if session.isConnected {
+                    chosen = entry
+                    break
+                }
+                if chosen == nil { chosen = entry }
+            }
+            guard let chosen, let session = chosen.session else { continue }
+            reached += enqueue(message, Delivery(chosen), to: session, wakes: &wakes)
         }
         return reached
+    }
+
+    /// Queues one delivery if the subscriber may read the topic; returns 1 if it did.
+    private func enqueue(
+        _ message: RoutedMessage,
+        _ delivery: Delivery,
+        to session: Session,
+        wakes: inout [any SessionConnection]
+    ) -> Int {
+        let queued = QueuedMessage(
+            message: message,
+            qos: min(message.qos, delivery.qos),
+            retain: delivery.retainAsPublished && message.retain,
+            subscriptionIdentifiers: delivery.subscriptionIdentifiers
+        )
+        let (accepted, wake) = session.enqueue(queued, readPermittedBy: authorizer)
+        if let wake { wakes.append(wake) }
+        return accepted ? 1 : 0
     }
 
     /// Retained messages for a new subscription go to that session alone, flagged retained.
@@ -250,14 +259,13 @@ public final class Broker: Sendable {
         wakes: inout [any SessionConnection]
     ) {
         for message in messages {
-            guard authorizer.authorize(session.principal, .read, topic: message.topic) == .accept else { continue }
             let queued = QueuedMessage(
                 message: message,
                 qos: min(message.qos, options.qos),
                 retain: true,
                 subscriptionIdentifiers: identifier.map { [$0] } ?? []
             )
-            if let connection = session.enqueue(queued) { wakes.append(connection) }
+            if let wake = session.enqueue(queued, readPermittedBy: authorizer).wake { wakes.append(wake) }
         }
     }
 }

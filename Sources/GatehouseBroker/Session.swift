@@ -151,31 +151,48 @@ public final class Session: @unchecked Sendable {
 
     // MARK: Outbound
 
+    /// Queues a delivery if `authorizer` lets this session's principal read its topic (checked
+    /// under the same lock, one lock per delivery). Returns whether it was accepted, and the
+    /// connection to wake if this is the first delivery since the last drain.
+    func enqueue(
+        _ queued: QueuedMessage,
+        readPermittedBy authorizer: any Authorizer
+    ) -> (accepted: Bool, wake: (any SessionConnection)?) {
+        lock.withLock {
+            guard authorizer.authorize(_principal, .read, topic: queued.message.topic) == .accept else {
+                return (false, nil)
+            }
+            return (true, enqueueLocked(queued))
+        }
+    }
+
     /// Queues a delivery. Returns the connection to wake if this delivery is the first since
     /// its last drain; the caller wakes it (batched per event loop).
     func enqueue(_ queued: QueuedMessage) -> (any SessionConnection)? {
-        lock.withLock {
-            // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
-            if connection == nil && queued.qos == .atMostOnce { return nil }
-            if queue.count >= maximumQueuedMessages {
-                // Full: QoS 0 goes first, the new message's or the oldest queued one's.
-                if queued.qos == .atMostOnce {
-                    recordDrop()
-                    return nil
-                }
-                if let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) {
-                    queue.remove(at: index)
-                } else {
-                    recordDrop()
-                    return nil
-                }
+        lock.withLock { enqueueLocked(queued) }
+    }
+
+    private func enqueueLocked(_ queued: QueuedMessage) -> (any SessionConnection)? {
+        // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
+        if connection == nil && queued.qos == .atMostOnce { return nil }
+        if queue.count >= maximumQueuedMessages {
+            // Full: QoS 0 goes first, the new message's or the oldest queued one's.
+            if queued.qos == .atMostOnce {
                 recordDrop()
+                return nil
             }
-            queue.append(queued)
-            guard let connection, !drainScheduled else { return nil }
-            drainScheduled = true
-            return connection
+            if let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) {
+                queue.remove(at: index)
+            } else {
+                recordDrop()
+                return nil
+            }
+            recordDrop()
         }
+        queue.append(queued)
+        guard let connection, !drainScheduled else { return nil }
+        drainScheduled = true
+        return connection
     }
 
     /// Takes what may be sent now: in-flight messages to resend, then queued messages while

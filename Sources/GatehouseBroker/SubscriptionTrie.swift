@@ -7,11 +7,31 @@ public struct SubscriptionEntry: Sendable, Hashable {
     public var options: MQTTPacket.SubscriptionOptions
     /// The 5.0 Subscription Identifier given with the SUBSCRIBE, if any.
     public var identifier: UInt32?
+    /// The subscriber's session, so that routing needs no registry lookup (and no lock).
+    /// A session's entries leave the trie when the session ends.
+    public var session: Session?
 
-    public init(clientID: String, options: MQTTPacket.SubscriptionOptions, identifier: UInt32? = nil) {
+    public init(
+        clientID: String,
+        options: MQTTPacket.SubscriptionOptions,
+        identifier: UInt32? = nil,
+        session: Session? = nil
+    ) {
         self.clientID = clientID
         self.options = options
         self.identifier = identifier
+        self.session = session
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.clientID == rhs.clientID && lhs.options == rhs.options && lhs.identifier == rhs.identifier
+            && lhs.session === rhs.session
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(clientID)
+        hasher.combine(options)
+        hasher.combine(identifier)
     }
 }
 
@@ -75,15 +95,17 @@ public final class SharedGroup: Sendable {
 
 /// What one PUBLISH delivers to one client: overlapping subscriptions give one message at
 /// the highest QoS with every subscription identifier. [MQTT-3.3.5-1], [MQTT-3.3.4-3]
-public struct Delivery: Sendable, Hashable {
+public struct Delivery: Sendable {
     public var qos: MQTTQoS
     public var retainAsPublished: Bool
     public var subscriptionIdentifiers: [UInt32]
+    public var session: Session?
 
     init(_ entry: SubscriptionEntry) {
         qos = entry.options.qos
         retainAsPublished = entry.options.retainAsPublished
         subscriptionIdentifiers = entry.identifier.map { [$0] } ?? []
+        session = entry.session
     }
 }
 
@@ -223,7 +245,9 @@ public struct SubscriptionTrie: Sendable {
         }
     }
 
+    /// Splits on UTF-8 bytes: `/` never occurs inside a multi-byte sequence, and walking
+    /// bytes avoids the grapheme-cluster work of splitting a String by Character.
     static func levels(_ topic: String) -> [Substring] {
-        topic.split(separator: "/", omittingEmptySubsequences: false)
+        topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { Substring($0) }
     }
 }
