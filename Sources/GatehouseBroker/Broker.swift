@@ -16,6 +16,10 @@ public struct BrokerConfiguration: Sendable {
     public var topicAliasMaximum: UInt16 = 10
     /// Largest packet accepted; announced as Maximum Packet Size.
     public var maximumPacketSize = 1_048_576
+    /// Levels a topic name or filter may have (EMQX's default).
+    public var maximumTopicLevels = 128
+    /// Subscriptions one session may hold.
+    public var maximumSubscriptionsPerClient = 10_000
 
     public init() {}
 }
@@ -169,6 +173,16 @@ public final class Broker: Sendable {
     }
 
     // MARK: Subscriptions
+
+    /// Whether `topic` (a name or a filter) is within the configured number of levels.
+    public func isWithinTopicLevelLimit(_ topic: String) -> Bool {
+        var levels = 1
+        for byte in topic.utf8 where byte == UInt8(ascii: "/") {
+            levels += 1
+            if levels > configuration.maximumTopicLevels { return false }
+        }
+        return true
+    }
 
     /// Records a subscription and returns the retained messages it should receive.
     public func subscribe(

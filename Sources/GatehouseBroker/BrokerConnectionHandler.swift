@@ -337,6 +337,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             && String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
         {
             code = .payloadFormatInvalid
+        } else if !broker.isWithinTopicLevelLimit(topic) {
+            code = .topicNameInvalid
         } else if topic.utf8.first == UInt8(ascii: "$")
             || broker.authorizer.authorize(connected.principal, .publish, topic: topic) == .reject
         {
@@ -374,6 +376,16 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 filter = try MQTTTopicFilter(parsing: subscription.topicFilter)
             } catch {
                 codes.append(error.reasonCode)
+                continue
+            }
+            guard broker.isWithinTopicLevelLimit(filter.filter) else {
+                codes.append(.topicFilterInvalid)
+                continue
+            }
+            let isNew = !connected.session.hasSubscription(filter)
+            guard !isNew || connected.session.subscriptionCount < broker.configuration.maximumSubscriptionsPerClient
+            else {
+                codes.append(.quotaExceeded)
                 continue
             }
             // A shared subscription is authorized on its filter, not on the $share/ prefix.

@@ -146,6 +146,10 @@ public final class Session: @unchecked Sendable {
         lock.withLock { subscriptionFilters.removeValue(forKey: filter) != nil }
     }
 
+    func hasSubscription(_ filter: MQTTTopicFilter) -> Bool {
+        lock.withLock { subscriptionFilters[filter.text] != nil }
+    }
+
     /// The session's filters as the client wrote them.
     var subscribedFilters: [String] { lock.withLock { Array(subscriptionFilters.keys) } }
 

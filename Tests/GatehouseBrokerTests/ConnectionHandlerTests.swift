@@ -513,4 +513,27 @@ struct ConnectionHandlerTests {
         await publisher.channel.testingEventLoop.run()
         #expect(broker.statistics.snapshot.clientsConnected == 2)
     }
+
+    @Test("limits: too many topic levels (0x90 / 0x8F) and too many subscriptions (0x97); 3.1.1 sees 0x80")
+    func limits() async throws {
+        let broker = makeBroker {
+            $0.maximumTopicLevels = 3
+            $0.maximumSubscriptionsPerClient = 2
+        }
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        try await client.send(
+            .publish(.init(topicName: "a/b/c/d", payload: ByteBuffer(), qos: .atLeastOnce, packetIdentifier: 1)))
+        #expect(try await client.receive() == .puback(.init(packetIdentifier: 1, reasonCode: .topicNameInvalid)))
+        #expect(try await client.subscribe("a/b/c/#") == [.topicFilterInvalid])
+        #expect(try await client.subscribe("a/b/c", packetIdentifier: 2) == [.grantedQoS1])
+        #expect(try await client.subscribe("x", packetIdentifier: 3) == [.grantedQoS1])
+        #expect(try await client.subscribe("y", packetIdentifier: 4) == [.quotaExceeded])
+        // Renewing an existing subscription is not a new one.
+        #expect(try await client.subscribe("x", packetIdentifier: 5) == [.grantedQoS1])
+
+        let legacy = try await TestConnection(broker: broker, version: .v311)
+        try await legacy.connect(clientID: "l")
+        #expect(try await legacy.subscribe("a/b/c/d") == [.unspecifiedError])
+    }
 }
