@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .target(
@@ -53,10 +54,18 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "GatehouseConfig",
+            dependencies: [
+                "GatehouseBroker", "GatehouseTransport",
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "gatehouse",
             dependencies: [
-                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth",
+                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -78,6 +87,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "GatehouseAuthTests", dependencies: ["GatehouseAuth"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "GatehouseConfigTests",
+            dependencies: ["GatehouseConfig", "GatehouseTransport", "GatehouseBroker"],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "GatehouseBrokerTests",
             dependencies: [

@@ -1,6 +1,8 @@
 import ArgumentParser
+import Foundation
 import GatehouseAuth
 import GatehouseBroker
+import GatehouseConfig
 import GatehouseTransport
 import Logging
 import NIOCore
@@ -12,88 +14,155 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the broker until SIGTERM or SIGINT.",
         discussion: """
-            Listens on mqtt://127.0.0.1:1883 unless --listen says otherwise. Port 0 picks a free \
-            port; the log line 'listening on …' names it. Every CONNECT is refused unless \
-            --allow-anonymous is given: identities and ACLs are not built yet.
+            Settings come from --config FILE (YAML; every key is in the README), then from the \
+            flags below, which override the file. Without either, the broker listens on \
+            mqtt://127.0.0.1:1883 with its data in ./data. Port 0 picks a free port; the log \
+            line 'listening on …' names it. Every CONNECT is refused unless anonymous access \
+            is allowed: identities and ACLs are not built yet.
             """
     )
+
+    @Option(help: ArgumentHelp("A YAML configuration file.", valueName: "file"))
+    var config: String?
 
     @Option(
         name: .customLong("listen"),
         help: ArgumentHelp("A listener URL, mqtt://HOST:PORT (repeat for several).", valueName: "url")
     )
-    var listeners: [String] = ["mqtt://127.0.0.1:1883"]
+    var listeners: [String] = []
+
+    @Option(help: ArgumentHelp("Where the broker keeps its files (pid file).", valueName: "dir"))
+    var dataDir: String?
 
     @Option(help: "Largest accepted packet in bytes, fixed header included.")
-    var maxPacketSize: Int = 1_048_576
+    var maxPacketSize: Int?
 
     @Option(help: "Seconds a new connection has to send CONNECT.")
-    var connectTimeout: Int = 10
+    var connectTimeout: Int?
 
     @Option(help: "Seconds between updates of the $SYS/broker/... topics; 0 turns them off.")
-    var sysInterval: Int = 10
+    var sysInterval: Int?
 
     @Flag(help: "Accept every client without credentials and allow it every topic. Development only.")
     var allowAnonymous = false
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
-    var logLevel: LogLevel = .info
+    var logLevel: LogLevel?
+
+    /// The file's settings with the flags applied over them.
+    func resolvedConfiguration() throws -> ServerConfiguration {
+        var settings = ServerConfiguration()
+        if let config {
+            guard let text = try? String(contentsOfFile: config, encoding: .utf8) else {
+                throw ValidationError("cannot read the configuration file '\(config)'")
+            }
+            do { settings = try ServerConfiguration.parse(text, file: config) } catch {
+                throw ValidationError(error.description)
+            }
+        }
+        if !listeners.isEmpty {
+            settings.listeners = try listeners.map { text in
+                do { return try ListenAddress(parsing: text) } catch {
+                    throw ValidationError(String(describing: error))
+                }
+            }
+        }
+        if let dataDir { settings.dataDirectory = dataDir }
+        if let maxPacketSize {
+            guard (64...268_435_460).contains(maxPacketSize) else {
+                throw ValidationError("--max-packet-size must be between 64 and 268435460 bytes")
+            }
+            settings.limits.maxPacketSize = maxPacketSize
+        }
+        if let connectTimeout {
+            guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be at least 1 second") }
+            settings.limits.connectTimeout = connectTimeout
+        }
+        if let sysInterval {
+            guard sysInterval >= 0 else {
+                throw ValidationError("--sys-interval must be 0 (off) or a number of seconds")
+            }
+            settings.sysInterval = sysInterval
+        }
+        if allowAnonymous { settings.allowAnonymous = true }
+        if let logLevel { settings.logLevel = logLevel.rawValue }
+        return settings
+    }
 
     func validate() throws {
-        for listener in listeners {
-            do { _ = try ListenAddress(parsing: listener) } catch { throw ValidationError(error.description) }
-        }
-        guard maxPacketSize >= 64 && maxPacketSize <= 268_435_460 else {
-            throw ValidationError("--max-packet-size must be between 64 and 268435460 bytes")
-        }
-        guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be at least 1 second") }
-        guard sysInterval >= 0 else { throw ValidationError("--sys-interval must be 0 (off) or a number of seconds") }
+        _ = try resolvedConfiguration()
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel.rawValue) ?? .info
+        let settings = try resolvedConfiguration()
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "gatehouse")
-        let addresses = try listeners.map { try ListenAddress(parsing: $0) }
-        var brokerConfiguration = BrokerConfiguration()
-        brokerConfiguration.maximumPacketSize = maxPacketSize
+        let pidFile = try DataDirectory(path: settings.dataDirectory).writePIDFile()
+        defer { try? FileManager.default.removeItem(atPath: pidFile) }
+
         let broker: Broker
-        if allowAnonymous {
+        if settings.allowAnonymous {
             logger.warning("ANONYMOUS ACCESS IS ON: any client may connect and use every topic")
             broker = Broker(
-                configuration: brokerConfiguration, authenticator: AnonymousAuthenticator(),
+                configuration: settings.brokerConfiguration, authenticator: AnonymousAuthenticator(),
                 authorizer: AllowAllAuthorizer(), logger: logger)
         } else {
             logger.notice("no authentication method is configured: every CONNECT will be refused")
             broker = Broker(
-                configuration: brokerConfiguration, authenticator: AuthenticatorChain([]),
+                configuration: settings.brokerConfiguration, authenticator: AuthenticatorChain([]),
                 authorizer: AllowAllAuthorizer(), logger: logger)
         }
         let server = MQTTServer(
             configuration: .init(
-                listeners: addresses,
+                listeners: settings.listeners,
                 limits: MQTTConnectionLimits(
-                    maximumPacketSize: maxPacketSize,
-                    connectTimeout: .seconds(Int64(connectTimeout))
+                    maximumPacketSize: settings.limits.maxPacketSize,
+                    connectTimeout: .seconds(Int64(settings.limits.connectTimeout))
                 )
             ),
             broker: broker,
             group: MultiThreadedEventLoopGroup.singleton,
             logger: logger
         )
-        if sysInterval > 0 {
+        if settings.sysInterval > 0 {
             _ = broker.startSystemTopics(
-                version: GatehouseVersion.current, interval: .seconds(Int64(sysInterval)),
+                version: GatehouseVersion.current, interval: .seconds(Int64(settings.sysInterval)),
                 on: MultiThreadedEventLoopGroup.singleton.next())
         }
         let services = ServiceGroup(
             configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await services.run()
+    }
+}
+
+/// The broker's data directory: created on start, holding the pid file that
+/// `gatehouse acl reload` (and operators' scripts) use to signal the running broker.
+struct DataDirectory {
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw ValidationError("cannot create the data directory '\(path)': \(error.localizedDescription)")
+        }
+    }
+
+    func writePIDFile() throws -> String {
+        let file = (path as NSString).appendingPathComponent("gatehouse.pid")
+        do {
+            try "\(ProcessInfo.processInfo.processIdentifier)\n".write(toFile: file, atomically: true, encoding: .utf8)
+        } catch {
+            throw ValidationError("cannot write '\(file)': \(error.localizedDescription)")
+        }
+        return file
     }
 }
 

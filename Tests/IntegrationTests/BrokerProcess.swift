@@ -6,6 +6,7 @@ import Testing
 final class BrokerProcess {
     let process = Process()
     let logURL: URL
+    let dataDirectory: URL
     private(set) var port = 0
 
     init(arguments: [String] = []) throws {
@@ -13,7 +14,9 @@ final class BrokerProcess {
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
         process.executableURL = BrokerProcess.binary
-        process.arguments = ["serve", "--listen", "mqtt://127.0.0.1:0"] + arguments
+        dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "gatehouse-data-\(UUID().uuidString)")
+        process.arguments = ["serve", "--listen", "mqtt://127.0.0.1:0", "--data-dir", dataDirectory.path] + arguments
         process.standardOutput = log
         process.standardError = log
         try process.run()
@@ -22,6 +25,7 @@ final class BrokerProcess {
     deinit {
         if process.isRunning { process.terminate() }
         try? FileManager.default.removeItem(at: logURL)
+        try? FileManager.default.removeItem(at: dataDirectory)
     }
 
     /// The binary SwiftPM built beside the test bundle, or $GATEHOUSE_BINARY.

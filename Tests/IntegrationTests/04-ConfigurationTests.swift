@@ -1,0 +1,56 @@
+import Foundation
+import Testing
+
+/// `gatehouse serve --config FILE`, and flags over the file.
+@Suite("04 configuration", .serialized)
+struct ConfigurationTests {
+    private func writeConfiguration(_ text: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-\(UUID().uuidString).yaml")
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url
+    }
+
+    @Test("settings come from the file; the data directory holds the pid file while the broker runs")
+    func fromFile() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "gh-data-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let file = try writeConfiguration(
+            """
+            allow_anonymous: true
+            sys_interval: 0
+            limits:
+              max_topic_levels: 2
+            """)
+        defer { try? FileManager.default.removeItem(at: file) }
+        // BrokerProcess adds --listen and --data-dir; the flag's data directory wins over the file.
+        let broker = try BrokerProcess(arguments: ["--config", file.path, "--data-dir", dataDirectory.path])
+        try await broker.waitUntilListening()
+        let pidFile = dataDirectory.appendingPathComponent("gatehouse.pid")
+        let pid = try String(contentsOf: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(pid == String(broker.process.processIdentifier))
+
+        // Anonymous access came from the file, and so did the two-level limit (5.0 PUBACK 0x90).
+        let port = String(broker.port)
+        let shallow = try await runTool(
+            "mosquitto_pub", ["-p", port, "-V", "mqttv5", "-t", "a/b", "-m", "x", "-q", "1"])
+        #expect(shallow.status == 0, "\(shallow.output)")
+        let deep = try await runTool(
+            "mosquitto_pub", ["-p", port, "-V", "mqttv5", "-t", "a/b/c", "-m", "x", "-q", "1", "-d"])
+        #expect(
+            deep.output.contains("144") || deep.output.lowercased().contains("topic name invalid"), "\(deep.output)")
+
+        #expect(try await broker.stop() == 0)
+        #expect(!FileManager.default.fileExists(atPath: pidFile.path), "the pid file outlived the broker")
+    }
+
+    @Test("a broken file is refused with file:line:column and a non-zero exit")
+    func brokenFile() async throws {
+        let file = try writeConfiguration("listeners:\n  - mqtt://127.0.0.1:0\nlimits:\n  connect_timeout: never\n")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let result = try await runTool(BrokerProcess.binary.path, ["serve", "--config", file.path])
+        #expect(result.status != 0)
+        #expect(
+            result.output.contains("\(file.path):4:20: 'connect_timeout' must be a whole number"), "\(result.output)")
+    }
+}
