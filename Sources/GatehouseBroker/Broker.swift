@@ -224,6 +224,8 @@ public final class Broker: Sendable {
         let match = subscriptions.snapshot.matchAll(topic: message.topic, publisherClientID: message.publisherClientID)
         guard !match.isEmpty else { return 0 }
         var reached = 0
+        // Fan-out: encode the shared QoS 0 forms once instead of once per subscriber.
+        let message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
         for delivery in match.deliveries.values {
             guard let session = delivery.session else { continue }
             reached += enqueue(message, delivery, to: session, wakes: &wakes)

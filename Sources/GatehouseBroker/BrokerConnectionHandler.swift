@@ -434,6 +434,16 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 try? MQTTPacket.pubrel(.init(packetIdentifier: identifier)).write(
                     to: &buffer, version: connected.version)
             case .publish(let queued, let identifier, let duplicate):
+                if queued.qos == .atMostOnce, !queued.retain,
+                    connected.version == .v311 || queued.subscriptionIdentifiers.isEmpty,
+                    let shared = queued.message.sharedForms?.bytes(for: connected.version)
+                {
+                    guard shared.readableBytes <= connected.clientMaximumPacketSize else { continue }
+                    buffer.writeImmutableBuffer(shared)
+                    tally.messagesSent += 1
+                    tally.bytesSent += queued.message.payload.readableBytes
+                    continue
+                }
                 let publish = MQTTPacket.publish(
                     queued.message.packet(
                         qos: queued.qos,

@@ -13,6 +13,9 @@ public struct RoutedMessage: Sendable {
     public var publisherClientID: String?
     /// When the Message Expiry Interval runs out; nil if it never does.
     public var expiresAt: NIODeadline?
+    /// The QoS 0, non-retained wire forms, encoded once when the message fans out, so that
+    /// subscribers whose bytes are equal share them instead of encoding again.
+    var sharedForms: SharedWireForms?
 
     public init(
         topic: String,
@@ -58,6 +61,21 @@ public struct RoutedMessage: Sendable {
         )
     }
 
+    /// Encodes the forms every plain QoS 0 delivery shares; nil when deliveries differ (a
+    /// message with an expiry carries a per-delivery remaining time).
+    func encodingSharedForms() -> RoutedMessage {
+        guard expiresAt == nil else { return self }
+        var copy = self
+        let plain = packet(
+            qos: .atMostOnce, retain: false, packetIdentifier: 0, duplicate: false, subscriptionIdentifiers: [],
+            now: .now())
+        guard let v311 = try? MQTTPacket.publish(plain).encoded(version: .v311),
+            let v5 = try? MQTTPacket.publish(plain).encoded(version: .v5)
+        else { return self }
+        copy.sharedForms = SharedWireForms(v311: v311, v5: v5)
+        return copy
+    }
+
     public func hasExpired(at now: NIODeadline) -> Bool {
         expiresAt.map { $0 <= now } ?? false
     }
@@ -87,4 +105,17 @@ public struct RoutedMessage: Sendable {
             properties: properties
         )
     }
+}
+
+/// The bytes of one message's plain QoS 0 PUBLISH in each protocol version. Immutable.
+final class SharedWireForms: Sendable {
+    let v311: ByteBuffer
+    let v5: ByteBuffer
+
+    init(v311: ByteBuffer, v5: ByteBuffer) {
+        self.v311 = v311
+        self.v5 = v5
+    }
+
+    func bytes(for version: MQTTProtocolVersion) -> ByteBuffer { version == .v5 ? v5 : v311 }
 }

@@ -536,4 +536,50 @@ struct ConnectionHandlerTests {
         try await legacy.connect(clientID: "l")
         #expect(try await legacy.subscribe("a/b/c/d") == [.unspecifiedError])
     }
+
+    @Test("overlapping subscriptions deliver one message at the highest granted QoS [MQTT-3.3.5-1]")
+    func overlappingSubscriptions() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker, version: .v311)
+        try await subscriber.connect(clientID: "s")
+        _ = try await subscriber.subscribe("a/+", qos: .atMostOnce)
+        _ = try await subscriber.subscribe("a/#", qos: .exactlyOnce, packetIdentifier: 2)
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(
+            .publish(
+                .init(topicName: "a/b", payload: ByteBuffer(string: "once"), qos: .exactlyOnce, packetIdentifier: 1)))
+        guard case .publish(let delivered) = try await subscriber.receive() else {
+            throw TestFailure("expected PUBLISH")
+        }
+        #expect(delivered.qos == .exactlyOnce)
+        try await subscriber.expectSilence()
+    }
+
+    @Test("fan-out shares one encoding per version; a subscription identifier still gets its own form")
+    func fanOutForms() async throws {
+        let broker = makeBroker()
+        let legacy = try await TestConnection(broker: broker, version: .v311)
+        try await legacy.connect(clientID: "legacy")
+        _ = try await legacy.subscribe("f/#", qos: .atMostOnce)
+        let plain = try await TestConnection(broker: broker)
+        try await plain.connect(clientID: "plain")
+        _ = try await plain.subscribe("f/#", qos: .atMostOnce)
+        let identified = try await TestConnection(broker: broker)
+        try await identified.connect(clientID: "identified")
+        _ = try await identified.subscribe("f/#", qos: .atMostOnce, properties: [.subscriptionIdentifier(9)])
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        let property = MQTTProperty.userProperty(name: "k", value: "v")
+        try await publisher.send(
+            .publish(.init(topicName: "f/1", payload: ByteBuffer(string: "x"), properties: [property])))
+
+        guard case .publish(let toLegacy) = try await legacy.receive(),
+            case .publish(let toPlain) = try await plain.receive(),
+            case .publish(let toIdentified) = try await identified.receive()
+        else { throw TestFailure("expected three deliveries") }
+        #expect(toLegacy.properties.isEmpty && toLegacy.payload == ByteBuffer(string: "x"))
+        #expect(toPlain.properties == [property])
+        #expect(toIdentified.properties.items == [property, .subscriptionIdentifier(9)])
+    }
 }
