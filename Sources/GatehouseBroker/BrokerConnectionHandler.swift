@@ -421,9 +421,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     // MARK: Outbound
 
+    /// A slow reader's socket filled up and has drained again: resume sending.
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { sessionHasOutput() }
+        context.fireChannelWritabilityChanged()
+    }
+
     /// Drains the session into the socket: every packet into one buffer, one write, one flush.
+    /// Nothing is taken while the channel is not writable, so a slow reader's backlog stays in
+    /// its bounded session queue (QoS 0 dropped first) instead of the socket's buffers.
     public func sessionHasOutput() {
-        guard case .connected(let connected) = state, let context else { return }
+        guard case .connected(let connected) = state, let context, context.channel.isWritable else { return }
         let outgoing = connected.session.takeOutgoing(now: .now())
         guard !outgoing.isEmpty else { return }
         let now = NIODeadline.now()

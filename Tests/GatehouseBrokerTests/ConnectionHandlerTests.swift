@@ -582,4 +582,36 @@ struct ConnectionHandlerTests {
         #expect(toPlain.properties == [property])
         #expect(toIdentified.properties.items == [property, .subscriptionIdentifier(9)])
     }
+
+    @Test("a slow reader is bounded by its session queue: nothing is written while it is not writable")
+    func slowConsumer() async throws {
+        let broker = makeBroker { $0.maximumQueuedMessages = 10 }
+        let slow = try await TestConnection(broker: broker)
+        try await slow.connect(clientID: "slow")
+        _ = try await slow.subscribe("t", qos: .atMostOnce)
+        let channel = slow.channel
+        channel.isWritable = false
+        try await channel.testingEventLoop.executeInContext { channel.pipeline.fireChannelWritabilityChanged() }
+
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        for index in 0..<50 {
+            try await publisher.send(.publish(.init(topicName: "t", payload: ByteBuffer(string: "\(index)"))))
+        }
+        try await slow.expectSilence()
+        let session = try #require(broker.session(clientID: "slow"))
+        #expect(session.queuedCount == 10)
+        #expect(session.droppedCount == 40)
+        #expect(broker.statistics.snapshot.messagesDropped == 40)
+
+        channel.isWritable = true
+        try await channel.testingEventLoop.executeInContext { channel.pipeline.fireChannelWritabilityChanged() }
+        var payloads: [String] = []
+        for _ in 0..<10 {
+            guard case .publish(let message) = try await slow.receive() else { throw TestFailure("expected PUBLISH") }
+            payloads.append(String(buffer: message.payload))
+        }
+        #expect(payloads == (0..<10).map(String.init))
+        try await slow.expectSilence()
+    }
 }
