@@ -20,6 +20,9 @@ public struct BrokerConfiguration: Sendable {
     public var maximumTopicLevels = 128
     /// Subscriptions one session may hold.
     public var maximumSubscriptionsPerClient = 10_000
+    /// The longest keep-alive a client may use, in seconds; 0 for no maximum. A 5.0 client
+    /// asking for more (or for none) is told this value as Server Keep Alive.
+    public var maximumKeepAlive: UInt16 = 0
 
     public init() {}
 }

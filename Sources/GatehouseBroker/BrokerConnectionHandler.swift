@@ -236,13 +236,20 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             ]
         }
         broker.statistics.add(broker.statistics.clientsConnected, 1)
+        // The broker's maximum keep-alive overrides a longer (or disabled) one. [MQTT-3.2.2-21]
+        var keepAlive = connect.keepAlive
+        let maximumKeepAlive = configuration.maximumKeepAlive
+        if maximumKeepAlive > 0 && (keepAlive == 0 || keepAlive > maximumKeepAlive) {
+            keepAlive = maximumKeepAlive
+            if version == .v5 { properties.append(.serverKeepAlive(maximumKeepAlive)) }
+        }
         let sessionPresent = opened.sessionPresent && !connect.cleanStart
         send(
             .connack(
                 .init(sessionPresent: sessionPresent, reasonCode: .success, properties: MQTTProperties(properties))))
-        if connect.keepAlive > 0, let context {
+        if keepAlive > 0, let context {
             // The client has one and a half keep-alive periods to send anything. [MQTT-3.1.2-24]
-            let timeout = TimeAmount.milliseconds(Int64(connect.keepAlive) * 1_500)
+            let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1_500)
             try? context.pipeline.syncOperations.addHandler(
                 IdleStateHandler(readTimeout: timeout), position: .before(self))
         }

@@ -22,6 +22,8 @@ public struct ServerConfiguration: Sendable, Equatable {
         public var topicAliasMaximum = 10
         public var maxTopicLevels = 128
         public var maxSubscriptionsPerClient = 10_000
+        /// Seconds; 0 means no maximum.
+        public var maxKeepAlive = 0
 
         public init() {}
     }
@@ -40,6 +42,7 @@ public struct ServerConfiguration: Sendable, Equatable {
         configuration.topicAliasMaximum = UInt16(limits.topicAliasMaximum)
         configuration.maximumTopicLevels = limits.maxTopicLevels
         configuration.maximumSubscriptionsPerClient = limits.maxSubscriptionsPerClient
+        configuration.maximumKeepAlive = UInt16(limits.maxKeepAlive)
         return configuration
     }
 }
@@ -63,7 +66,7 @@ extension ServerConfiguration {
     ]
     private static let limitKeys = [
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
-        "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client",
+        "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
     ]
 
     /// Reads a YAML configuration. Unknown keys, wrong types and out-of-range values are
@@ -126,6 +129,7 @@ extension ServerConfiguration.Limits {
         case "receive_maximum": receiveMaximum = try reader.int(node, name, in: 1...65_535)
         case "topic_alias_maximum": topicAliasMaximum = try reader.int(node, name, in: 0...65_535)
         case "max_topic_levels": maxTopicLevels = try reader.int(node, name, in: 1...65_535)
+        case "max_keep_alive": maxKeepAlive = try reader.int(node, name, in: 0...65_535)
         default: maxSubscriptionsPerClient = try reader.int(node, name, in: 1...10_000_000)
         }
     }

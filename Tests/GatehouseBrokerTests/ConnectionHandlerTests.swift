@@ -614,4 +614,41 @@ struct ConnectionHandlerTests {
         #expect(payloads == (0..<10).map(String.init))
         try await slow.expectSilence()
     }
+
+    @Test("a keep-alive above the broker's maximum is overridden by Server Keep Alive in CONNACK")
+    func serverKeepAlive() async throws {
+        let broker = makeBroker { $0.maximumKeepAlive = 30 }
+        let long = try await TestConnection(broker: broker)
+        #expect(
+            try await long.connect(clientID: "long", keepAlive: 600).properties.items.contains(.serverKeepAlive(30)))
+        let none = try await TestConnection(broker: broker)
+        #expect(try await none.connect(clientID: "none", keepAlive: 0).properties.items.contains(.serverKeepAlive(30)))
+        let short = try await TestConnection(broker: broker)
+        let shortAck = try await short.connect(clientID: "short", keepAlive: 10)
+        #expect(!shortAck.properties.items.contains { if case .serverKeepAlive = $0 { true } else { false } })
+    }
+
+    @Test("Retain As Published keeps the retain flag on live deliveries; without it the flag is cleared")
+    func retainAsPublished() async throws {
+        let broker = makeBroker()
+        let keeps = try await TestConnection(broker: broker)
+        try await keeps.connect(clientID: "keeps")
+        try await keeps.send(
+            .subscribe(
+                .init(
+                    packetIdentifier: 1,
+                    subscriptions: [.init(topicFilter: "r", options: .init(retainAsPublished: true))])))
+        _ = try await keeps.receive()
+        let clears = try await TestConnection(broker: broker)
+        try await clears.connect(clientID: "clears")
+        _ = try await clears.subscribe("r", qos: .atMostOnce)
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(.publish(.init(topicName: "r", payload: ByteBuffer(string: "v"), retain: true)))
+        guard case .publish(let kept) = try await keeps.receive(),
+            case .publish(let cleared) = try await clears.receive()
+        else { throw TestFailure("expected two deliveries") }
+        #expect(kept.retain)
+        #expect(!cleared.retain)
+    }
 }

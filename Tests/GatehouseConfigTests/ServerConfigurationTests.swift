@@ -25,6 +25,7 @@ struct ServerConfigurationTests {
               topic_alias_maximum: 0
               max_topic_levels: 16
               max_subscriptions_per_client: 100
+              max_keep_alive: 300
             """
         let configuration = try ServerConfiguration.parse(text, file: "g.yaml")
         #expect(
@@ -36,9 +37,10 @@ struct ServerConfigurationTests {
         let limits = configuration.limits
         #expect(limits.maxPacketSize == 65_536 && limits.connectTimeout == 5 && limits.maxInflightMessages == 50)
         #expect(limits.maxQueuedMessages == 5_000 && limits.receiveMaximum == 200 && limits.topicAliasMaximum == 0)
-        #expect(limits.maxTopicLevels == 16 && limits.maxSubscriptionsPerClient == 100)
+        #expect(limits.maxTopicLevels == 16 && limits.maxSubscriptionsPerClient == 100 && limits.maxKeepAlive == 300)
         let broker = configuration.brokerConfiguration
         #expect(broker.receiveMaximum == 200 && broker.maximumSubscriptionsPerClient == 100)
+        #expect(broker.maximumKeepAlive == 300)
     }
 
     @Test("an empty file keeps every default")
