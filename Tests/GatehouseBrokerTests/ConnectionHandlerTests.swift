@@ -651,4 +651,49 @@ struct ConnectionHandlerTests {
         #expect(kept.retain)
         #expect(!cleared.retain)
     }
+
+    @Test("retain handling 1 sends retained messages only for a new subscription; 2 never does")
+    func retainHandling() async throws {
+        let broker = makeBroker()
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        try await publisher.send(.publish(.init(topicName: "h", payload: ByteBuffer(string: "kept"), retain: true)))
+        await publisher.channel.testingEventLoop.run()
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        func subscribe(_ handling: MQTTPacket.RetainHandling, _ identifier: UInt16) async throws {
+            try await client.send(
+                .subscribe(
+                    .init(
+                        packetIdentifier: identifier,
+                        subscriptions: [.init(topicFilter: "h", options: .init(retainHandling: handling))])))
+            #expect(
+                try await client.receive() == .suback(.init(packetIdentifier: identifier, reasonCodes: [.grantedQoS0])))
+        }
+        try await subscribe(.sendOnNewSubscription, 1)
+        guard case .publish(let first) = try await client.receive() else { throw TestFailure("expected retained") }
+        #expect(first.retain)
+        try await subscribe(.sendOnNewSubscription, 2)  // the same subscription again: not new
+        try await client.expectSilence()
+        try await subscribe(.doNotSend, 3)
+        try await client.expectSilence()
+    }
+
+    @Test("the Will is published when the keep-alive runs out")
+    func willOnKeepAliveTimeout() async throws {
+        let broker = makeBroker()
+        let watcher = try await TestConnection(broker: broker)
+        try await watcher.connect(clientID: "w")
+        _ = try await watcher.subscribe("status/#", qos: .atMostOnce)
+        let silent = try await TestConnection(broker: broker)
+        try await silent.connect(
+            clientID: "silent", will: .init(topic: "status/silent", payload: ByteBuffer(string: "timed out")),
+            keepAlive: 1)
+        // IdleStateHandler: wall clock past 1.5 s, then the loop's clock past its timer.
+        try await Task.sleep(for: .milliseconds(1_600))
+        await silent.channel.testingEventLoop.advanceTime(by: .seconds(2))
+        #expect(try await silent.receive() == .disconnect(.init(reasonCode: .keepAliveTimeout)))
+        guard case .publish(let will) = try await watcher.receive() else { throw TestFailure("expected the Will") }
+        #expect(will.payload == ByteBuffer(string: "timed out"))
+    }
 }

@@ -33,6 +33,7 @@ def client(name, clean_start=True, session_expiry=None):
     c.loop_start()
     flags, reason, _ = c.connack.get(timeout=5)
     expect(not reason.is_failure, f"CONNACK {reason}")
+    c.session_present = flags.session_present
     return c
 
 
@@ -127,17 +128,8 @@ def check_session_expiry():
     first.loop_stop()
     pub = client(f"pub-{uuid.uuid4().hex[:8]}")
     pub.publish("queue/1", b"kept", qos=1).wait_for_publish(5)
-    back = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-    back.inbox = queue.Queue()
-    back.connack = queue.Queue()
-    back.on_message = lambda _c, _u, message: back.inbox.put(message)
-    back.on_connect = lambda _c, _u, flags, reason, props: back.connack.put(flags)
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 300
-    back.connect("127.0.0.1", PORT, clean_start=False, properties=properties)
-    back.loop_start()
-    flags = back.connack.get(timeout=5)
-    expect(flags.session_present, "session present was not set")
+    back = client(name, clean_start=False, session_expiry=300)
+    expect(back.session_present, "session present was not set")
     expect(receive(back).payload == b"kept", "the queued message did not arrive")
 
     # Expiry 0 on the last connection: the session ends with it.
@@ -145,12 +137,8 @@ def check_session_expiry():
     short = client(gone, clean_start=True, session_expiry=0)
     short.disconnect()
     short.loop_stop()
-    again = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gone, protocol=mqtt.MQTTv5)
-    again.connack = queue.Queue()
-    again.on_connect = lambda _c, _u, flags, reason, props: again.connack.put(flags)
-    again.connect("127.0.0.1", PORT, clean_start=False)
-    again.loop_start()
-    expect(not again.connack.get(timeout=5).session_present, "an expiry-0 session outlived its connection")
+    again = client(gone, clean_start=False)
+    expect(not again.session_present, "an expiry-0 session outlived its connection")
 
 
 def check_shared_subscription():
