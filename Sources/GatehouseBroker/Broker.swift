@@ -297,7 +297,7 @@ extension Session {
     }
 }
 
-/// Wakes each connection once, with one task per event loop. [DESIGN: batch per loop]
+/// Wakes each connection once, with one task per event loop rather than one per message.
 public func wake(_ connections: [any SessionConnection]) {
     guard !connections.isEmpty else { return }
     var byLoop: [ObjectIdentifier: (any EventLoop, [any SessionConnection])] = [:]

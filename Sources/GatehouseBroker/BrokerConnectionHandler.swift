@@ -188,7 +188,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard case .authenticating(let pending) = state else { return }
         let version = connect.protocolVersion
         guard case .accepted(let principal) = outcome else {
-            // The same answer whatever was wrong. [issue: no detail to the client]
+            // The same answer whatever was wrong: a client must not learn which part failed.
             let code: MQTTReasonCode =
                 connect.username == nil && connect.password == nil ? .notAuthorized : .badUserNameOrPassword
             logger.info("authentication refused")

@@ -61,8 +61,8 @@ public struct RoutedMessage: Sendable {
         )
     }
 
-    /// Encodes the forms every plain QoS 0 delivery shares; nil when deliveries differ (a
-    /// message with an expiry carries a per-delivery remaining time).
+    /// The message with the bytes every plain QoS 0 delivery shares already encoded; unchanged
+    /// when no two deliveries can be equal (an expiry gives each its own remaining time).
     func encodingSharedForms() -> RoutedMessage {
         guard expiresAt == nil else { return self }
         var copy = self

@@ -264,8 +264,6 @@ public final class Session: @unchecked Sendable {
         }
     }
 
-    var inflightCount: Int { lock.withLock { inflight.count } }
-
     // MARK: Inbound QoS 2
 
     /// A QoS 2 PUBLISH arrived; true if it is new (route it), false for a resend of one
