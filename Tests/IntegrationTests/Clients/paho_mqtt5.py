@@ -47,6 +47,16 @@ def subscribe(c, topic, **options):
     expect(all(not r.is_failure for r in reasons), f"SUBACK {reasons}")
 
 
+def offline_subscriber(prefix, topic):
+    """A persistent session (expiry 300 s) subscribed to topic, whose client has gone away."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    away = client(name, clean_start=True, session_expiry=300)
+    subscribe(away, topic)
+    away.disconnect()
+    away.loop_stop()
+    return name
+
+
 def expect(condition, message):
     if not condition:
         print("FAILED:", message)
@@ -81,11 +91,7 @@ def check_user_properties_and_expiry():
 
 
 def check_expired_message_is_not_delivered():
-    name = f"late-{uuid.uuid4().hex[:8]}"
-    away = client(name, clean_start=True, session_expiry=300)
-    subscribe(away, "expiring/#")
-    away.disconnect()
-    away.loop_stop()
+    name = offline_subscriber("late", "expiring/#")
     pub = client(f"pub-{uuid.uuid4().hex[:8]}")
     short = Properties(PacketTypes.PUBLISH)
     short.MessageExpiryInterval = 1
@@ -121,11 +127,7 @@ def check_no_local():
 
 
 def check_session_expiry():
-    name = f"durable-{uuid.uuid4().hex[:8]}"
-    first = client(name, clean_start=True, session_expiry=300)
-    subscribe(first, "queue/#")
-    first.disconnect()
-    first.loop_stop()
+    name = offline_subscriber("durable", "queue/#")
     pub = client(f"pub-{uuid.uuid4().hex[:8]}")
     pub.publish("queue/1", b"kept", qos=1).wait_for_publish(5)
     back = client(name, clean_start=False, session_expiry=300)
