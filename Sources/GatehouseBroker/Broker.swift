@@ -113,8 +113,10 @@ public final class Broker: Sendable {
         if expiry == 0 {
             discard(session)
         } else if expiry != UInt32.max {
+            // A timer from an earlier disconnect must not end a session resumed since.
+            let attachments = session.attachmentCount
             eventLoop.scheduleTask(in: .seconds(Int64(expiry))) { [self] in
-                if !session.isConnected { discard(session) }
+                if session.hasStayedDetached(since: attachments) { discard(session) }
             }
         }
     }
@@ -144,8 +146,9 @@ public final class Broker: Sendable {
             return
         }
         session.setPendingWill(will)
+        let attachments = session.attachmentCount
         eventLoop.scheduleTask(in: .seconds(Int64(wait))) { [self] in
-            if let due = session.takePendingWill() { publishNow(due) }
+            if let due = session.takePendingWill(since: attachments) { publishNow(due) }
         }
     }
 

@@ -59,6 +59,9 @@ public final class Session: @unchecked Sendable {
     private var droppedMessages = 0
     /// A Will waiting out its delay; a new connection to the session cancels it.
     private var pendingWill: RoutedMessage?
+    /// How many connections have attached, so that a timer set at one disconnect can tell
+    /// whether the session has been resumed (and perhaps left again) since.
+    private var attachments: UInt64 = 0
     private let maximumQueuedMessages: Int
     private let statistics: BrokerStatistics?
 
@@ -103,6 +106,7 @@ public final class Session: @unchecked Sendable {
             _expiryInterval = expiryInterval
             resendInflight = !inflight.isEmpty
             drainScheduled = false
+            attachments += 1
             return previous
         }
     }
@@ -118,6 +122,14 @@ public final class Session: @unchecked Sendable {
 
     var currentConnection: (any SessionConnection)? { lock.withLock { connection } }
 
+    /// Marks the present moment for a timer: see `hasStayedDetached(since:)`.
+    var attachmentCount: UInt64 { lock.withLock { attachments } }
+
+    /// True if no connection has attached since `count` was read and none is attached now.
+    func hasStayedDetached(since count: UInt64) -> Bool {
+        lock.withLock { connection == nil && attachments == count }
+    }
+
     func isAttached(to candidate: any SessionConnection) -> Bool {
         lock.withLock { connection === candidate }
     }
@@ -128,9 +140,11 @@ public final class Session: @unchecked Sendable {
         lock.withLock { pendingWill = will }
     }
 
-    /// Takes the delayed Will, if it is still waiting.
-    func takePendingWill() -> RoutedMessage? {
+    /// Takes the delayed Will, if it is still waiting (and, given `since`, only if no
+    /// connection has attached since that count was read).
+    func takePendingWill(since count: UInt64? = nil) -> RoutedMessage? {
         lock.withLock {
+            if let count, attachments != count { return nil }
             defer { pendingWill = nil }
             return pendingWill
         }

@@ -696,4 +696,33 @@ struct ConnectionHandlerTests {
         guard case .publish(let will) = try await watcher.receive() else { throw TestFailure("expected the Will") }
         #expect(will.payload == ByteBuffer(string: "timed out"))
     }
+
+    @Test("timers from an earlier disconnect neither end a resumed session nor send its next Will early")
+    func staleTimers() async throws {
+        let broker = makeBroker()
+        let watcher = try await TestConnection(broker: broker)
+        try await watcher.connect(clientID: "w")
+        _ = try await watcher.subscribe("status/#", qos: .atMostOnce)
+        let will = MQTTPacket.Will(
+            topic: "status/s", payload: ByteBuffer(string: "gone"), properties: [.willDelayInterval(8)])
+        let persistent: MQTTProperties = [.sessionExpiryInterval(10)]
+
+        let first = try await TestConnection(broker: broker)
+        try await first.connect(clientID: "s", cleanStart: false, will: will, properties: persistent)
+        try await first.channel.close()
+        await first.channel.testingEventLoop.advanceTime(by: .seconds(5))
+        // Resumed and dropped again: its timers now run from this second disconnect.
+        let second = try await TestConnection(broker: broker)
+        try await second.connect(clientID: "s", cleanStart: false, will: will, properties: persistent)
+        try await second.channel.close()
+        await second.channel.testingEventLoop.run()
+        // The first disconnect's timers come due (8 s Will, 10 s expiry) and must do nothing.
+        await first.channel.testingEventLoop.advanceTime(by: .seconds(5))
+        try await watcher.expectSilence()
+        #expect(broker.session(clientID: "s") != nil)
+        // The second disconnect's own timers still work.
+        await second.channel.testingEventLoop.advanceTime(by: .seconds(10))
+        guard case .publish = try await watcher.receive() else { throw TestFailure("expected the Will") }
+        #expect(broker.session(clientID: "s") == nil)
+    }
 }
