@@ -52,8 +52,6 @@ public final class Broker: Sendable {
         self.logger = logger
     }
 
-    public var sessionCount: Int { sessions.withLockedValue { $0.count } }
-
     public func session(clientID: String) -> Session? {
         sessions.withLockedValue { $0[clientID] }
     }

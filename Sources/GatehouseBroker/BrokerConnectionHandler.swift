@@ -334,10 +334,16 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 state = .connected(connected)
             }
         }
-        if publish.qos == .exactlyOnce && connected.session.inboundQoS2Count >= Int(broker.configuration.receiveMaximum)
-        {
-            close(sendingDisconnect: .receiveMaximumExceeded)  // [MQTT-3.3.4-9]
-            return
+        var isRepeat = false
+        if publish.qos == .exactlyOnce {
+            let limit = Int(broker.configuration.receiveMaximum)
+            switch connected.session.receiveInboundQoS2(publish.packetIdentifier, limit: limit) {
+            case .new: break
+            case .duplicate: isRepeat = true
+            case .overLimit:
+                close(sendingDisconnect: .receiveMaximumExceeded)
+                return
+            }
         }
         var code: MQTTReasonCode = .success
         if publish.properties.payloadFormatIndicator == 1
@@ -353,17 +359,16 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             code = .notAuthorized
         }
 
-        let isNewQoS2 = publish.qos != .exactlyOnce || connected.session.receiveInboundQoS2(publish.packetIdentifier)
-        if code == .success && isNewQoS2 {
+        if code == .success && !isRepeat {
             let message = RoutedMessage(
                 publish: publish, topic: topic, publisherClientID: connected.session.clientID, now: .now())
-            let reached = broker.publish(message, wakes: &wakes)
-            logger.trace("routed", metadata: ["topic": "\(topic)", "reached": "\(reached)", "wakes": "\(wakes.count)"])
-            if reached == 0 && version == .v5 { code = .noMatchingSubscribers }
+            if broker.publish(message, wakes: &wakes) == 0 && version == .v5 { code = .noMatchingSubscribers }
         } else if code.isFailure {
             logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(code)"])
             // A refused QoS 2 message is not held for PUBREL.
-            if publish.qos == .exactlyOnce { _ = connected.session.releaseInboundQoS2(publish.packetIdentifier) }
+            if publish.qos == .exactlyOnce && !isRepeat {
+                _ = connected.session.releaseInboundQoS2(publish.packetIdentifier)
+            }
         }
         // 3.1.1 has no way to say no: acknowledge and drop. [MQTT-3.3.5-2]
         let wireCode: MQTTReasonCode = version == .v5 ? code : .success
@@ -439,9 +444,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     /// its bounded session queue (QoS 0 dropped first) instead of the socket's buffers.
     public func sessionHasOutput() {
         guard case .connected(let connected) = state, let context, context.channel.isWritable else { return }
-        let outgoing = connected.session.takeOutgoing(now: .now())
-        guard !outgoing.isEmpty else { return }
         let now = NIODeadline.now()
+        let outgoing = connected.session.takeOutgoing(now: now)
+        guard !outgoing.isEmpty else { return }
         var buffer = context.channel.allocator.buffer(capacity: 256)
         for packet in outgoing {
             switch packet {

@@ -184,12 +184,8 @@ public final class Session: @unchecked Sendable {
         }
     }
 
-    /// Queues a delivery. Returns the connection to wake if this delivery is the first since
-    /// its last drain; the caller wakes it (batched per event loop).
-    func enqueue(_ queued: QueuedMessage) -> (any SessionConnection)? {
-        lock.withLock { enqueueLocked(queued) }
-    }
-
+    /// Queues a delivery; returns the connection to wake if this is the first since its last
+    /// drain (the caller wakes it, batched per event loop).
     private func enqueueLocked(_ queued: QueuedMessage) -> (any SessionConnection)? {
         // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
         if connection == nil && queued.qos == .atMostOnce { return nil }
@@ -280,13 +276,24 @@ public final class Session: @unchecked Sendable {
 
     // MARK: Inbound QoS 2
 
-    /// A QoS 2 PUBLISH arrived; true if it is new (route it), false for a resend of one
-    /// not yet released (do not route it again). [MQTT-4.3.3-9]
-    func receiveInboundQoS2(_ identifier: UInt16) -> Bool {
-        lock.withLock { inboundQoS2.insert(identifier).inserted }
+    enum InboundQoS2 {
+        /// Route it, and hold its packet identifier until PUBREL.
+        case new
+        /// A resend of one not yet released: acknowledge, do not route again. [MQTT-4.3.3-9]
+        case duplicate
+        /// A new one beyond the Receive Maximum the broker announced. [MQTT-3.3.4-9]
+        case overLimit
     }
 
-    var inboundQoS2Count: Int { lock.withLock { inboundQoS2.count } }
+    /// Records an inbound QoS 2 PUBLISH; a resend of a held identifier is never over the limit.
+    func receiveInboundQoS2(_ identifier: UInt16, limit: Int) -> InboundQoS2 {
+        lock.withLock {
+            if inboundQoS2.contains(identifier) { return .duplicate }
+            guard inboundQoS2.count < limit else { return .overLimit }
+            inboundQoS2.insert(identifier)
+            return .new
+        }
+    }
 
     func releaseInboundQoS2(_ identifier: UInt16) -> Bool {
         lock.withLock { inboundQoS2.remove(identifier) != nil }

@@ -144,12 +144,6 @@ public struct SubscriptionTrie: Sendable {
         return existed
     }
 
-    /// Adds or replaces an ordinary (non-shared) subscription.
-    @discardableResult
-    public mutating func insert(_ entry: SubscriptionEntry, filter: String) -> Bool {
-        insert(entry, filter: MQTTTopicFilter(uncheckedFilter: filter))
-    }
-
     /// Removes the client's subscription to `filter`; returns whether there was one.
     @discardableResult
     public mutating func remove(clientID: String, filter: MQTTTopicFilter) -> Bool {
@@ -171,19 +165,9 @@ public struct SubscriptionTrie: Sendable {
         return removed
     }
 
-    @discardableResult
-    public mutating func remove(clientID: String, filter: String) -> Bool {
-        remove(clientID: clientID, filter: MQTTTopicFilter(uncheckedFilter: filter))
-    }
-
     /// Every client a PUBLISH on `topic` reaches through ordinary subscriptions, merged per
-    /// client. A subscription with No Local does not see its own client's messages. [MQTT-3.8.3-3]
-    public func match(topic: String, publisherClientID: String?) -> [String: Delivery] {
-        matchAll(topic: topic, publisherClientID: publisherClientID).deliveries
-    }
-
-    /// Ordinary deliveries plus the shared groups the topic matches; each group delivers one
-    /// copy, apart from any ordinary one. [MQTT-4.8.2]
+    /// client (No Local hides a client's own messages [MQTT-3.8.3-3]), plus the shared groups
+    /// it matches; each group delivers one copy, apart from any ordinary one. [MQTT-4.8.2]
     public func matchAll(topic: String, publisherClientID: String?) -> Match {
         var result = Match()
         let levels = Self.levels(topic)

@@ -253,6 +253,24 @@ struct ConnectionHandlerTests {
         try await client.waitUntilClosed()
     }
 
+    @Test("a resend of a held QoS 2 message at a full receive window is acknowledged, not refused")
+    func receiveMaximumResend() async throws {
+        let broker = makeBroker { $0.receiveMaximum = 2 }
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        for identifier in UInt16(1)...2 {
+            try await client.send(
+                .publish(.init(topicName: "t", payload: ByteBuffer(), qos: .exactlyOnce, packetIdentifier: identifier)))
+            _ = try await client.receive()
+        }
+        try await client.send(
+            .publish(
+                .init(topicName: "t", payload: ByteBuffer(), qos: .exactlyOnce, duplicate: true, packetIdentifier: 2)))
+        // Not routed again, so nothing to report: Success.
+        #expect(try await client.receive() == .pubrec(.init(packetIdentifier: 2)))
+        #expect(client.isActive)
+    }
+
     @Test("topic aliases: a name sets the alias, an empty name uses it, an unknown alias is a protocol error")
     func topicAliases() async throws {
         let broker = makeBroker()

@@ -91,14 +91,15 @@ struct SessionTests {
         #expect(session.queuedCount == 1)
     }
 
-    @Test("an inbound QoS 2 packet identifier is routed once until released")
+    @Test("an inbound QoS 2 packet identifier is routed once until released; a resend is never over the limit")
     func inboundQoS2() {
         let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 10)
-        #expect(session.receiveInboundQoS2(7))
-        #expect(!session.receiveInboundQoS2(7))
+        #expect(session.receiveInboundQoS2(7, limit: 1) == .new)
+        #expect(session.receiveInboundQoS2(7, limit: 1) == .duplicate)
+        #expect(session.receiveInboundQoS2(8, limit: 1) == .overLimit)
         #expect(session.releaseInboundQoS2(7))
         #expect(!session.releaseInboundQoS2(7))
-        #expect(session.receiveInboundQoS2(7))
+        #expect(session.receiveInboundQoS2(7, limit: 1) == .new)
     }
 
     @Test("packet identifiers skip those still in flight and never use 0")
@@ -118,5 +119,20 @@ struct SessionTests {
         expired.message.expiresAt = .now() - .seconds(1)
         _ = session.enqueue(expired)
         #expect(session.takeOutgoing(now: .now()).isEmpty)
+    }
+
+    @Test("a delivery the subscriber may not read is refused and not queued")
+    func readAuthorization() {
+        struct DenyAll: Authorizer {
+            func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision { .reject }
+        }
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 0, maximumQueuedMessages: 10)
+        let connection = RecordingConnection()
+        _ = session.attach(connection, principal: principal, receiveMaximum: 10, expiryInterval: 0)
+        let refused = session.enqueue(message(qos: .atLeastOnce), readPermittedBy: DenyAll())
+        #expect(!refused.accepted && refused.wake == nil)
+        #expect(session.queuedCount == 0)
+        let allowed = session.enqueue(message(qos: .atLeastOnce), readPermittedBy: AllowAllAuthorizer())
+        #expect(allowed.accepted && allowed.wake === connection)
     }
 }

@@ -1,0 +1,28 @@
+import GatehouseAuth
+import MQTTCore
+
+@testable import GatehouseBroker
+
+/// Shorthands that only tests need: plain-string filters and unconditional enqueueing.
+extension SubscriptionTrie {
+    @discardableResult
+    mutating func insert(_ entry: SubscriptionEntry, filter: String) -> Bool {
+        insert(entry, filter: MQTTTopicFilter(uncheckedFilter: filter))
+    }
+
+    @discardableResult
+    mutating func remove(clientID: String, filter: String) -> Bool {
+        remove(clientID: clientID, filter: MQTTTopicFilter(uncheckedFilter: filter))
+    }
+
+    func match(topic: String, publisherClientID: String?) -> [String: Delivery] {
+        matchAll(topic: topic, publisherClientID: publisherClientID).deliveries
+    }
+}
+
+extension Session {
+    /// Enqueues with every read allowed; returns the connection to wake, if any.
+    func enqueue(_ queued: QueuedMessage) -> (any SessionConnection)? {
+        enqueue(queued, readPermittedBy: AllowAllAuthorizer()).wake
+    }
+}
