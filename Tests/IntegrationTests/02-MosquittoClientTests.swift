@@ -6,6 +6,13 @@ import Testing
 struct MosquittoClientTests {
     static let versions = ["mqttv311", "mqttv5"]
 
+    /// A mosquitto_sub left running, returned once its SUBACK has arrived (-d prints it).
+    private func subscribed(_ arguments: [String]) async throws -> RunningTool {
+        let subscriber = try RunningTool("mosquitto_sub", arguments + ["-d"])
+        try await subscriber.waitForOutput("received SUBACK")
+        return subscriber
+    }
+
     private func startBroker() async throws -> BrokerProcess {
         let broker = try BrokerProcess(arguments: ["--allow-anonymous"])
         try await broker.waitUntilListening()
@@ -16,9 +23,7 @@ struct MosquittoClientTests {
     func qualityOfService(version: String) async throws {
         let broker = try await startBroker()
         let port = String(broker.port)
-        let subscriber = try RunningTool(
-            "mosquitto_sub", ["-p", port, "-V", version, "-t", "q/#", "-q", "2", "-v", "-C", "3", "-d"])
-        try await subscriber.waitForOutput("received SUBACK")
+        let subscriber = try await subscribed(["-p", port, "-V", version, "-t", "q/#", "-q", "2", "-v", "-C", "3"])
         for qos in ["0", "1", "2"] {
             let published = try await runTool(
                 "mosquitto_pub", ["-p", port, "-V", version, "-t", "q/\(qos)", "-m", "at qos \(qos)", "-q", qos])
@@ -45,9 +50,7 @@ struct MosquittoClientTests {
 
         _ = try await runTool("mosquitto_pub", ["-p", port, "-V", version, "-t", "r/x", "-n", "-r", "-q", "1"])
         // --retained-only exits at the first live message: the marker ends the check without a timer.
-        let second = try RunningTool(
-            "mosquitto_sub", ["-p", port, "-V", version, "-t", "r/+", "-v", "--retained-only", "-d"])
-        try await second.waitForOutput("received SUBACK")
+        let second = try await subscribed(["-p", port, "-V", version, "-t", "r/+", "-v", "--retained-only"])
         _ = try await runTool("mosquitto_pub", ["-p", port, "-V", version, "-t", "r/end", "-m", "live"])
         #expect(try await second.waitForExit() == 0)
         #expect(!second.output.contains("r/x"), "the cleared message came back: \(second.output)")
@@ -58,12 +61,10 @@ struct MosquittoClientTests {
     func willOnKill(version: String) async throws {
         let broker = try await startBroker()
         let port = String(broker.port)
-        let watcher = try RunningTool("mosquitto_sub", ["-p", port, "-V", version, "-t", "status/#", "-v", "-d"])
-        try await watcher.waitForOutput("received SUBACK")
-        let victim = try RunningTool(
-            "mosquitto_sub",
-            ["-p", port, "-V", version, "-t", "x", "--will-topic", "status/victim", "--will-payload", "died", "-d"])
-        try await victim.waitForOutput("received SUBACK")
+        let watcher = try await subscribed(["-p", port, "-V", version, "-t", "status/#", "-v"])
+        let victim = try await subscribed([
+            "-p", port, "-V", version, "-t", "x", "--will-topic", "status/victim", "--will-payload", "died",
+        ])
         victim.kill(SIGKILL)
         try await watcher.waitForOutput("status/victim died")
         #expect(try await broker.stop() == 0)
@@ -73,8 +74,7 @@ struct MosquittoClientTests {
     func noWillOnNormalDisconnect() async throws {
         let broker = try await startBroker()
         let port = String(broker.port)
-        let watcher = try RunningTool("mosquitto_sub", ["-p", port, "-t", "status/#", "-v", "-d"])
-        try await watcher.waitForOutput("received SUBACK")
+        let watcher = try await subscribed(["-p", port, "-t", "status/#", "-v"])
         let polite = try await runTool(
             "mosquitto_pub",
             ["-p", port, "-t", "x", "-m", "bye", "--will-topic", "status/polite", "--will-payload", "died"])
@@ -92,11 +92,9 @@ struct MosquittoClientTests {
         // 3.1.1: -c keeps the session; 5.0 also needs a session expiry interval.
         let persistence = version == "mqttv5" ? ["-c", "-x", "300"] : ["-c"]
         // -C 1: after one message the client sends DISCONNECT and exits, keeping its session.
-        let away = try RunningTool(
-            "mosquitto_sub",
-            ["-p", port, "-V", version, "-i", "durable-\(version)", "-q", "1", "-t", "jobs/#", "-C", "1", "-d"]
+        let away = try await subscribed(
+            ["-p", port, "-V", version, "-i", "durable-\(version)", "-q", "1", "-t", "jobs/#", "-C", "1"]
                 + persistence)
-        try await away.waitForOutput("received SUBACK")
         _ = try await runTool("mosquitto_pub", ["-p", port, "-V", version, "-t", "jobs/0", "-m", "first", "-q", "1"])
         #expect(try await away.waitForExit() == 0)
 
@@ -127,8 +125,7 @@ struct MosquittoClientTests {
             "mosquitto_sub", ["-p", port, "-t", "$SYS/broker/clients/connected", "-C", "2"])
         let latest = clients.output.split(separator: "\n").last.flatMap { Int($0) } ?? 0
         #expect(latest >= 1, "\(clients.output)")
-        let everything = try RunningTool("mosquitto_sub", ["-p", port, "-t", "#", "-v", "-d"])
-        try await everything.waitForOutput("received SUBACK")
+        let everything = try await subscribed(["-p", port, "-t", "#", "-v"])
         _ = try await runTool("mosquitto_pub", ["-p", port, "-t", "marker", "-m", "end"])
         try await everything.waitForOutput("marker end")
         #expect(!everything.output.contains("$SYS"), "\(everything.output)")
