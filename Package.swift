@@ -17,6 +17,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -43,11 +47,27 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "GatehouseCertificates",
+            dependencies: [
+                "GatehouseAuth",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "GatehouseTransport",
             dependencies: [
-                "MQTTCore", "GatehouseBroker", "GatehouseAuth",
+                "MQTTCore", "GatehouseBroker", "GatehouseAuth", "GatehouseCertificates",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -65,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "gatehouse",
             dependencies: [
-                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig",
+                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig", "GatehouseCertificates",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -105,7 +125,13 @@ let package = Package(
         .testTarget(
             name: "GatehouseTransportTests",
             dependencies: [
-                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "MQTTCore",
+                "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "MQTTCore", "GatehouseCertificates",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -115,7 +141,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             // Depends on the executable so that `swift test` always builds the binary it runs.
-            dependencies: ["gatehouse"],
+            dependencies: ["gatehouse", "GatehouseCertificates"],
             exclude: ["Clients"],
             swiftSettings: strictSettings
         ),

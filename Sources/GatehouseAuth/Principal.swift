@@ -31,21 +31,27 @@ public struct Principal: Sendable, Hashable {
     }
 }
 
-/// What a CONNECT presents. Transport details (the verified peer certificate) join it as the
-/// listeners that provide them arrive.
+/// What a CONNECT presents, with what the transport verified before it.
 public struct ConnectCredentials: Sendable {
     public var clientIdentifier: String
     public var username: String?
     public var password: [UInt8]?
     /// "host:port" of the remote end, for back-off and logs.
     public var remoteAddress: String?
+    /// The client certificate a TLS listener verified; nil on plain listeners or when none was sent.
+    public var clientCertificate: ClientCertificate?
 
     public init(
-        clientIdentifier: String, username: String? = nil, password: [UInt8]? = nil, remoteAddress: String? = nil
+        clientIdentifier: String,
+        username: String? = nil,
+        password: [UInt8]? = nil,
+        remoteAddress: String? = nil,
+        clientCertificate: ClientCertificate? = nil
     ) {
         self.clientIdentifier = clientIdentifier
         self.username = username
         self.password = password
         self.remoteAddress = remoteAddress
+        self.clientCertificate = clientCertificate
     }
 }

@@ -1,4 +1,4 @@
-import GatehouseAuth
+public import GatehouseAuth
 public import Logging
 public import MQTTCore
 public import NIOCore
@@ -42,12 +42,21 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var logger: Logger
     private let broker: Broker
     private let connectTimeout: TimeAmount
+    /// Verified by the TLS listener before the first MQTT byte, so fixed for the connection.
+    private let clientCertificate: ClientCertificate?
     public let eventLoop: any EventLoop
 
-    public init(broker: Broker, eventLoop: any EventLoop, connectTimeout: TimeAmount, logger: Logger) {
+    public init(
+        broker: Broker,
+        eventLoop: any EventLoop,
+        connectTimeout: TimeAmount,
+        clientCertificate: ClientCertificate? = nil,
+        logger: Logger
+    ) {
         self.broker = broker
         self.eventLoop = eventLoop
         self.connectTimeout = connectTimeout
+        self.clientCertificate = clientCertificate
         self.logger = logger
     }
 
@@ -168,7 +177,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             clientIdentifier: clientID,
             username: connect.username,
             password: connect.password,
-            remoteAddress: context?.remoteAddress?.description
+            remoteAddress: context?.remoteAddress?.description,
+            clientCertificate: clientCertificate
         )
         state = .authenticating(pending: [])
         let authenticator = broker.authenticator

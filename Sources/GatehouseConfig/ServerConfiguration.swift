@@ -5,7 +5,11 @@ import Yams
 /// Everything `gatehouse serve` can be told, from the configuration file (YAML) and then
 /// from command-line flags, which override the file.
 public struct ServerConfiguration: Sendable, Equatable {
-    public var listeners = [ListenAddress(host: "127.0.0.1", port: 1883)]
+    /// By default plain MQTT and MQTTS on loopback, the latter with development certificates.
+    public var listeners = [
+        ListenerOptions(address: ListenAddress(host: "127.0.0.1", port: 1883)),
+        ListenerOptions(address: ListenAddress(kind: .tls, host: "127.0.0.1", port: 8883)),
+    ]
     public var dataDirectory = "./data"
     public var allowAnonymous = false
     public var logLevel = "info"
@@ -26,6 +30,61 @@ public struct ServerConfiguration: Sendable, Equatable {
         public var maxKeepAlive = 0
 
         public init() {}
+    }
+
+    /// A listener as configured; TLS files not named come from the data directory.
+    public struct ListenerOptions: Sendable, Equatable {
+        public var address: ListenAddress
+        public var tls: TLSOptions
+
+        public init(address: ListenAddress, tls: TLSOptions = TLSOptions()) {
+            self.address = address
+            self.tls = tls
+        }
+    }
+
+    /// The `tls:` keys of a listener. Without `certificate` and `key`, the listener uses the
+    /// development certificates under `DATA_DIR/certs` (made on first start) and their CA for
+    /// client certificates.
+    public struct TLSOptions: Sendable, Equatable {
+        public var certificate: String?
+        public var key: String?
+        public var keyPassword: String?
+        public var clientCA: String?
+        public var crl: String?
+        public var clientCertificates: TLSSettings.ClientCertificates?
+
+        public init() {}
+    }
+
+    /// Where the development certificates live.
+    public var developmentCertificatesDirectory: String { dataDirectory + "/certs" }
+
+    /// The listeners with every TLS file named, and whether any of them uses the development
+    /// certificates (which `serve` then creates if missing).
+    public func resolvedListeners() -> (listeners: [MQTTServer.Listener], usesDevelopmentCertificates: Bool) {
+        var usesDevelopmentCertificates = false
+        let listeners = listeners.map { options -> MQTTServer.Listener in
+            guard options.address.kind.usesTLS else { return MQTTServer.Listener(address: options.address) }
+            let tls = options.tls
+            if let certificate = tls.certificate, let key = tls.key {
+                return MQTTServer.Listener(
+                    address: options.address,
+                    tls: TLSSettings(
+                        certificateFile: certificate, keyFile: key, keyPassword: tls.keyPassword,
+                        clientCAFile: tls.clientCA, crlFile: tls.crl,
+                        clientCertificates: tls.clientCertificates ?? (tls.clientCA == nil ? .none : .optional)))
+            }
+            usesDevelopmentCertificates = true
+            let directory = developmentCertificatesDirectory
+            return MQTTServer.Listener(
+                address: options.address,
+                tls: TLSSettings(
+                    certificateFile: directory + "/server.pem", keyFile: directory + "/server.key",
+                    clientCAFile: tls.clientCA ?? directory + "/ca.pem", crlFile: tls.crl,
+                    clientCertificates: tls.clientCertificates ?? .optional))
+        }
+        return (listeners, usesDevelopmentCertificates)
     }
 
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -89,12 +148,7 @@ extension ServerConfiguration {
             case "listeners":
                 configuration.listeners = []
                 for item in try reader.sequence(value, key) {
-                    let text = try reader.string(item, "a listener")
-                    do {
-                        configuration.listeners.append(try ListenAddress(parsing: text))
-                    } catch {
-                        throw reader.error(at: item, error.description)
-                    }
+                    configuration.listeners.append(try reader.listener(item))
                 }
                 if configuration.listeners.isEmpty {
                     throw reader.error(at: value, "'listeners' needs at least one URL")
@@ -138,6 +192,57 @@ extension ServerConfiguration.Limits {
 /// Typed reads from YAML nodes, each failure an error at the node's line.
 private struct NodeReader {
     let file: String
+
+    private static let listenerKeys = ["url", "tls"]
+    private static let tlsKeys = ["certificate", "key", "key_password", "client_ca", "crl", "client_certificates"]
+
+    /// A listener: a URL, or a mapping with `url` and `tls`.
+    func listener(_ node: Node) throws(ConfigurationError) -> ServerConfiguration.ListenerOptions {
+        if case .scalar = node { return ServerConfiguration.ListenerOptions(address: try address(node)) }
+        var address: ListenAddress?
+        var tls = ServerConfiguration.TLSOptions()
+        var tlsNode: Node?
+        for (keyNode, value) in try mapping(node, "a listener") {
+            switch try key(keyNode, allowed: Self.listenerKeys, section: "listeners") {
+            case "url": address = try self.address(value)
+            default:
+                tlsNode = value
+                for (tlsKey, tlsValue) in try mapping(value, "'tls'") {
+                    let name = try key(tlsKey, allowed: Self.tlsKeys, section: "tls")
+                    switch name {
+                    case "certificate": tls.certificate = try string(tlsValue, name)
+                    case "key": tls.key = try string(tlsValue, name)
+                    case "key_password": tls.keyPassword = try string(tlsValue, name)
+                    case "client_ca": tls.clientCA = try string(tlsValue, name)
+                    case "crl": tls.crl = try string(tlsValue, name)
+                    default:
+                        let text = try string(tlsValue, name)
+                        guard let mode = TLSSettings.ClientCertificates(rawValue: text) else {
+                            throw error(at: tlsValue, "'client_certificates' must be none, optional or required")
+                        }
+                        tls.clientCertificates = mode
+                    }
+                }
+            }
+        }
+        guard let address else { throw error(at: node, "a listener mapping needs a 'url'") }
+        if let tlsNode {
+            guard address.kind.usesTLS else {
+                throw error(
+                    at: tlsNode, "'tls' belongs to mqtts:// and wss:// listeners, not \(address.kind.rawValue)://")
+            }
+            guard (tls.certificate == nil) == (tls.key == nil) else {
+                throw error(
+                    at: tlsNode, "'tls' needs both 'certificate' and 'key', or neither (development certificates)")
+            }
+        }
+        return ServerConfiguration.ListenerOptions(address: address, tls: tls)
+    }
+
+    private func address(_ node: Node) throws(ConfigurationError) -> ListenAddress {
+        let text = try string(node, "a listener")
+        do { return try ListenAddress(parsing: text) } catch { throw self.error(at: node, error.description) }
+    }
 
     func error(at node: Node, _ message: String) -> ConfigurationError {
         // Yams counts lines and columns from 1 in its marks' descriptions; keep that.

@@ -1,21 +1,33 @@
-/// A listener given as a URL: `mqtt://HOST:PORT` (IPv6 as `[::1]:1883`).
+/// A listener given as a URL: `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `ws://HOST:PORT/PATH`,
+/// `wss://HOST:PORT/PATH` (IPv6 as `[::1]:1883`; the WebSocket path defaults to `/mqtt`).
 public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
-    public enum Kind: String, Sendable, Hashable {
+    public enum Kind: String, Sendable, Hashable, CaseIterable {
         case tcp = "mqtt"
+        case tls = "mqtts"
+        case ws = "ws"
+        case wss = "wss"
+
+        public var usesTLS: Bool { self == .tls || self == .wss }
+        public var usesWebSocket: Bool { self == .ws || self == .wss }
     }
+
+    public static let defaultWebSocketPath = "/mqtt"
 
     public var kind: Kind
     public var host: String
     public var port: Int
+    /// The HTTP path a WebSocket upgrade must ask for; nil for mqtt and mqtts.
+    public var path: String?
 
     public struct ParseError: Error, CustomStringConvertible, Sendable, Equatable {
         public let description: String
     }
 
-    public init(kind: Kind = .tcp, host: String, port: Int) {
+    public init(kind: Kind = .tcp, host: String, port: Int, path: String? = nil) {
         self.kind = kind
         self.host = host
         self.port = port
+        self.path = kind.usesWebSocket ? (path ?? Self.defaultWebSocketPath) : nil
     }
 
     public init(parsing text: String) throws(ParseError) {
@@ -23,12 +35,20 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
         guard parts.count == 2 else {
             throw ParseError(description: "listen address '\(text)' must look like mqtt://HOST:PORT")
         }
-        guard let kind = Kind(rawValue: String(parts[0])) else {
+        guard let kind = Kind(rawValue: String(parts[0]).lowercased()) else {
             throw ParseError(
-                description: "listener scheme '\(parts[0])' is not supported yet; this build serves mqtt:// only"
+                description: "listener scheme '\(parts[0])' is not one of mqtt, mqtts, ws, wss (in '\(text)')"
             )
         }
-        let authority = parts[1]
+        var authority = parts[1]
+        var path: String?
+        if let slash = authority.firstIndex(of: "/") {
+            guard kind.usesWebSocket else {
+                throw ParseError(description: "listen address '\(text)' has a path, which only ws:// and wss:// take")
+            }
+            path = String(authority[slash...])
+            authority = authority[..<slash]
+        }
         let host: Substring
         let portText: Substring
         if authority.hasPrefix("[") {
@@ -47,11 +67,11 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
         guard let port = Int(portText), (0...65_535).contains(port) else {
             throw ParseError(description: "listen address '\(text)' has an invalid port '\(portText)'")
         }
-        self.init(kind: kind, host: String(host), port: port)
+        self.init(kind: kind, host: String(host), port: port, path: path)
     }
 
     public var description: String {
         let shownHost = host.contains(":") ? "[\(host)]" : host
-        return "\(kind.rawValue)://\(shownHost):\(port)"
+        return "\(kind.rawValue)://\(shownHost):\(port)\(path ?? "")"
     }
 }

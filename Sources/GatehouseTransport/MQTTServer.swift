@@ -10,12 +10,23 @@ public import ServiceLifecycle
 /// shutdown, then stops accepting. Only the executable owns the `ServiceGroup`.
 public final class MQTTServer: Service {
     public struct Configuration: Sendable {
-        public var listeners: [ListenAddress]
+        public var listeners: [Listener]
         public var limits: MQTTConnectionLimits
 
-        public init(listeners: [ListenAddress], limits: MQTTConnectionLimits = MQTTConnectionLimits()) {
+        public init(listeners: [Listener], limits: MQTTConnectionLimits = MQTTConnectionLimits()) {
             self.listeners = listeners
             self.limits = limits
+        }
+    }
+
+    /// One listener: where it binds and, for mqtts and wss, its TLS files.
+    public struct Listener: Sendable, Equatable {
+        public var address: ListenAddress
+        public var tls: TLSSettings?
+
+        public init(address: ListenAddress, tls: TLSSettings? = nil) {
+            self.address = address
+            self.tls = tls
         }
     }
 
@@ -25,22 +36,69 @@ public final class MQTTServer: Service {
     private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let group: any EventLoopGroup
     private let logger: Logger
+    /// One per TLS listener, in listener order, so that SIGHUP can swap their contexts.
+    private let tlsContexts: [TLSContextHolder?]
 
-    public init(configuration: Configuration, broker: Broker, group: any EventLoopGroup, logger: Logger) {
+    /// Loads every TLS listener's files now, so that a broken file stops the start with its name.
+    public init(
+        configuration: Configuration, broker: Broker, group: any EventLoopGroup, logger: Logger
+    ) throws(TLSSetupError) {
         self.configuration = configuration
         self.broker = broker
         self.group = group
         self.logger = logger
+        var contexts: [TLSContextHolder?] = []
+        for listener in configuration.listeners {
+            guard let settings = listener.tls else {
+                contexts.append(nil)
+                continue
+            }
+            guard listener.address.kind.usesTLS else {
+                throw TLSSetupError(
+                    description: "listener \(listener.address) is not mqtts:// or wss:// but has TLS settings")
+            }
+            do {
+                contexts.append(TLSContextHolder(try TLSServerContext.load(settings)))
+            } catch {
+                throw TLSSetupError(description: "listener \(listener.address): \(error.description)")
+            }
+        }
+        for (listener, context) in zip(configuration.listeners, contexts)
+        where listener.address.kind.usesTLS && context == nil {
+            throw TLSSetupError(description: "listener \(listener.address) needs TLS settings")
+        }
+        self.tlsContexts = contexts
+    }
+
+    /// Re-reads every TLS listener's files (SIGHUP). A listener whose files fail keeps its old
+    /// context; the error is logged. Returns whether every listener reloaded.
+    @discardableResult
+    public func reloadTLS() -> Bool {
+        var allReloaded = true
+        for (listener, holder) in zip(configuration.listeners, tlsContexts) {
+            guard let holder else { continue }
+            switch holder.reload() {
+            case .success:
+                logger.notice("TLS files reloaded", metadata: ["listener": "\(listener.address)"])
+            case .failure(let error):
+                allReloaded = false
+                logger.error(
+                    "TLS reload failed; the listener keeps its previous certificate",
+                    metadata: ["listener": "\(listener.address)", "error": "\(error.description)"])
+            }
+        }
+        return allReloaded
     }
 
     public func run() async throws {
         var channels: [any Channel] = []
         do {
-            for listener in configuration.listeners {
-                let channel = try await bind(listener)
+            for (listener, tls) in zip(configuration.listeners, tlsContexts) {
+                let channel = try await bind(listener.address, tls: tls)
                 channels.append(channel)
-                let port = channel.localAddress?.port ?? listener.port
-                logger.info("listening on \(ListenAddress(kind: listener.kind, host: listener.host, port: port))")
+                var bound = listener.address
+                bound.port = channel.localAddress?.port ?? bound.port
+                logger.info("listening on \(bound)")
             }
         } catch {
             for channel in channels { try? await channel.close() }
@@ -72,7 +130,7 @@ public final class MQTTServer: Service {
         )
     }
 
-    private func bind(_ listener: ListenAddress) async throws -> any Channel {
+    private func bind(_ listener: ListenAddress, tls: TLSContextHolder?) async throws -> any Channel {
         let limits = configuration.limits
         let logger = self.logger
         let broker = self.broker
@@ -87,8 +145,9 @@ public final class MQTTServer: Service {
                 openConnections.withLockedValue { $0[key] = channel }
                 channel.closeFuture.whenComplete { _ in openConnections.withLockedValue { $0[key] = nil } }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureMQTTServerPipeline(
-                        broker: broker, eventLoop: channel.eventLoop, limits: limits, logger: logger)
+                    try channel.pipeline.syncOperations.configureListenerPipeline(
+                        channel: channel, listener: listener, tls: tls?.context, broker: broker, limits: limits,
+                        logger: logger)
                 }
             }
             .bind(host: listener.host, port: listener.port)

@@ -1,14 +1,19 @@
+public import GatehouseAuth
 public import GatehouseBroker
 public import Logging
 import MQTTCore
 public import NIOCore
+import NIOHTTP1
+import NIOSSL
+import NIOWebSocket
 
 /// Limits that shape every MQTT connection's pipeline.
 public struct MQTTConnectionLimits: Sendable {
     /// Largest packet accepted, fixed header included; larger ones are refused from their
     /// fixed header, before the body is read.
     public var maximumPacketSize: Int
-    /// Time a new connection has to send CONNECT.
+    /// Time a new connection has to send CONNECT (and, before that, to finish its TLS
+    /// handshake or WebSocket upgrade).
     public var connectTimeout: TimeAmount
 
     public init(maximumPacketSize: Int = 1_048_576, connectTimeout: TimeAmount = .seconds(10)) {
@@ -18,17 +23,92 @@ public struct MQTTConnectionLimits: Sendable {
 }
 
 extension ChannelPipeline.SynchronousOperations {
-    /// The one place the server pipeline is built: frame decoder, then the connection handler.
-    /// TLS and WebSocket handlers go in front of it, never inside.
+    /// The MQTT part of every pipeline: frame decoder, then the connection handler. TLS and
+    /// WebSocket handlers go in front of it, never inside.
     public func configureMQTTServerPipeline(
         broker: Broker,
         eventLoop: any EventLoop,
         limits: MQTTConnectionLimits,
+        clientCertificate: ClientCertificate? = nil,
         logger: Logger
     ) throws {
         try addHandler(ByteToMessageHandler(MQTTFrameDecoder(maximumPacketSize: limits.maximumPacketSize)))
         try addHandler(
             BrokerConnectionHandler(
-                broker: broker, eventLoop: eventLoop, connectTimeout: limits.connectTimeout, logger: logger))
+                broker: broker, eventLoop: eventLoop, connectTimeout: limits.connectTimeout,
+                clientCertificate: clientCertificate, logger: logger))
+    }
+
+    /// The whole pipeline of a connection accepted on `listener`: TLS (mqtts, wss), then the
+    /// WebSocket upgrade (ws, wss), then MQTT.
+    public func configureListenerPipeline(
+        channel: any Channel,
+        listener: ListenAddress,
+        tls: TLSServerContext?,
+        broker: Broker,
+        limits: MQTTConnectionLimits,
+        logger: Logger
+    ) throws {
+        var logger = logger
+        logger[metadataKey: "listener"] = "\(listener.kind.rawValue)"
+        let eventLoop = self.eventLoop
+        let path = listener.path
+        let finish: (any Channel, ClientCertificate?) throws -> Void = { channel, certificate in
+            if let path {
+                try channel.pipeline.syncOperations.configureWebSocketUpgrade(
+                    path: path, broker: broker, limits: limits, clientCertificate: certificate, logger: logger)
+            } else {
+                try channel.pipeline.syncOperations.configureMQTTServerPipeline(
+                    broker: broker, eventLoop: eventLoop, limits: limits, clientCertificate: certificate,
+                    logger: logger)
+            }
+        }
+        guard let tls else {
+            try finish(channel, nil)
+            return
+        }
+        let gate = TLSHandshakeHandler(
+            verifier: tls.clientVerifier, handshakeTimeout: limits.connectTimeout, logger: logger, onVerified: finish)
+        try addHandler(NIOSSLServerHandler(context: tls.sslContext, customVerificationCallback: gate.verifyClientChain))
+        try addHandler(gate)
+    }
+
+    /// HTTP until a WebSocket upgrade to `path` with subprotocol `mqtt`, then MQTT in binary frames.
+    func configureWebSocketUpgrade(
+        path: String,
+        broker: Broker,
+        limits: MQTTConnectionLimits,
+        clientCertificate: ClientCertificate?,
+        logger: Logger
+    ) throws {
+        // A frame may carry the largest packet plus the WebSocket header.
+        let maxFrameSize = min(limits.maximumPacketSize + 14, Int(UInt32.max))
+        let upgrader = NIOWebSocketServerUpgrader(
+            maxFrameSize: maxFrameSize,
+            automaticErrorHandling: true,
+            shouldUpgrade: { channel, head in
+                channel.eventLoop.makeSucceededFuture(MQTTWebSocketSubprotocol.upgradeHeaders(for: head, path: path))
+            },
+            upgradePipelineHandler: { channel, _ in
+                channel.eventLoop.makeCompletedFuture {
+                    let operations = channel.pipeline.syncOperations
+                    try operations.addHandler(MQTTWebSocketHandler(logger: logger))
+                    try operations.configureMQTTServerPipeline(
+                        broker: broker, eventLoop: channel.eventLoop, limits: limits,
+                        clientCertificate: clientCertificate, logger: logger)
+                }
+            }
+        )
+        try configureHTTPServerPipeline(
+            withServerUpgrade: (
+                upgraders: [upgrader],
+                completionHandler: { context in
+                    context.pipeline.removeHandler(name: WebSocketRefusalHandler.name, promise: nil)
+                }
+            )
+        )
+        try addHandler(
+            WebSocketRefusalHandler(path: path, upgradeTimeout: limits.connectTimeout, logger: logger),
+            name: WebSocketRefusalHandler.name)
     }
 }

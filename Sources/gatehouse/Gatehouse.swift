@@ -8,12 +8,13 @@ struct Gatehouse: AsyncParsableCommand {
         discussion: """
             Gatehouse is built to authenticate every CONNECT against an embedded identity store \
             and to authorize every PUBLISH and SUBSCRIBE with a role-based topic ACL. This build \
-            has the MQTT codec and the listener; sessions, identities and ACLs are on the way.
+            has the broker over TCP, TLS and WebSocket; identities and ACLs are on the way.
 
-            Run 'gatehouse serve' to start the listener with its defaults.
+            Run 'gatehouse serve' to start the broker with its defaults, and \
+            'gatehouse certs dev' for development certificates.
             """,
         version: GatehouseVersion.current,
-        subcommands: [Serve.self]
+        subcommands: [Serve.self, Certs.self]
     )
 }
 

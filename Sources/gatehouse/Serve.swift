@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GatehouseAuth
 import GatehouseBroker
+import GatehouseCertificates
 import GatehouseConfig
 import GatehouseTransport
 import Logging
@@ -16,9 +17,11 @@ struct Serve: AsyncParsableCommand {
         discussion: """
             Settings come from --config FILE (YAML; every key is in the README), then from the \
             flags below, which override the file. Without either, the broker listens on \
-            mqtt://127.0.0.1:1883 with its data in ./data. Port 0 picks a free port; the log \
-            line 'listening on …' names it. Every CONNECT is refused unless anonymous access \
-            is allowed: identities and ACLs are not built yet.
+            mqtt://127.0.0.1:1883 and mqtts://127.0.0.1:8883 with its data in ./data; TLS \
+            listeners without their own files use development certificates made on first \
+            start in DATA_DIR/certs. Port 0 picks a free port; the log line 'listening on …' \
+            names it. SIGHUP re-reads the TLS files. Every CONNECT is refused unless \
+            anonymous access is allowed: identities and ACLs are not built yet.
             """
     )
 
@@ -27,7 +30,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .customLong("listen"),
-        help: ArgumentHelp("A listener URL, mqtt://HOST:PORT (repeat for several).", valueName: "url")
+        help: ArgumentHelp(
+            "A listener URL: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (repeat for several).",
+            valueName: "url")
     )
     var listeners: [String] = []
 
@@ -62,7 +67,7 @@ struct Serve: AsyncParsableCommand {
         }
         if !listeners.isEmpty {
             settings.listeners = try listeners.map { text in
-                do { return try ListenAddress(parsing: text) } catch {
+                do { return ServerConfiguration.ListenerOptions(address: try ListenAddress(parsing: text)) } catch {
                     throw ValidationError(String(describing: error))
                 }
             }
@@ -117,27 +122,70 @@ struct Serve: AsyncParsableCommand {
                 configuration: settings.brokerConfiguration, authenticator: AuthenticatorChain([]),
                 authorizer: AllowAllAuthorizer(), logger: logger)
         }
-        let server = MQTTServer(
-            configuration: .init(
-                listeners: settings.listeners,
-                limits: MQTTConnectionLimits(
-                    maximumPacketSize: settings.limits.maxPacketSize,
-                    connectTimeout: .seconds(Int64(settings.limits.connectTimeout))
-                )
-            ),
-            broker: broker,
-            group: MultiThreadedEventLoopGroup.singleton,
-            logger: logger
-        )
+        let (listeners, usesDevelopmentCertificates) = settings.resolvedListeners()
+        if usesDevelopmentCertificates {
+            try ensureDevelopmentCertificates(in: settings.developmentCertificatesDirectory, logger: logger)
+        }
+        let server: MQTTServer
+        do {
+            server = try MQTTServer(
+                configuration: .init(
+                    listeners: listeners,
+                    limits: MQTTConnectionLimits(
+                        maximumPacketSize: settings.limits.maxPacketSize,
+                        connectTimeout: .seconds(Int64(settings.limits.connectTimeout))
+                    )
+                ),
+                broker: broker,
+                group: MultiThreadedEventLoopGroup.singleton,
+                logger: logger
+            )
+        } catch {
+            throw ValidationError(error.description)
+        }
         if settings.sysInterval > 0 {
             _ = broker.startSystemTopics(
                 version: GatehouseVersion.current, interval: .seconds(Int64(settings.sysInterval)),
                 on: MultiThreadedEventLoopGroup.singleton.next())
         }
+        // Trap SIGHUP before listening: its default action would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let reloader = ReloadOnHangup(signals: hangups, logger: logger) {
+            server.reloadTLS()
+        }
         let services = ServiceGroup(
-            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(
+                services: [server, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await services.run()
+    }
+}
+
+/// Makes the development CA and server certificate on first start, so that MQTTS works out of the box.
+private func ensureDevelopmentCertificates(in directory: String, logger: Logger) throws {
+    let certificates = DevelopmentCertificates(directory: directory)
+    guard !certificates.serverFilesExist else { return }
+    do {
+        try certificates.create()
+    } catch {
+        throw ValidationError("cannot create development certificates in '\(directory)': \(error)")
+    }
+    logger.notice(
+        "created development certificates; clients trust \(certificates.caCertificateFile)",
+        metadata: ["directory": "\(directory)"])
+}
+
+/// Runs `reload` on every SIGHUP, off the event loops, until graceful shutdown.
+struct ReloadOnHangup: Service {
+    let signals: UnixSignalsSequence
+    let logger: Logger
+    let reload: @Sendable () -> Void
+
+    func run() async throws {
+        for await _ in signals.cancelOnGracefulShutdown() {
+            logger.notice("SIGHUP: reloading")
+            reload()
+        }
     }
 }
 

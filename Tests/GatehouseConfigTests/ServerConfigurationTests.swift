@@ -12,6 +12,15 @@ struct ServerConfigurationTests {
             listeners:
               - mqtt://0.0.0.0:1883
               - mqtt://[::1]:1884
+              - wss://0.0.0.0:8884
+              - url: mqtts://0.0.0.0:8883
+                tls:
+                  certificate: /etc/gatehouse/server.pem
+                  key: /etc/gatehouse/server.key
+                  key_password: s3cret
+                  client_ca: /etc/gatehouse/devices-ca.pem
+                  crl: /etc/gatehouse/devices.crl
+                  client_certificates: required
             data_dir: /var/lib/gatehouse
             allow_anonymous: true
             log_level: debug
@@ -29,10 +38,27 @@ struct ServerConfigurationTests {
             """
         let configuration = try ServerConfiguration.parse(text, file: "g.yaml")
         #expect(
-            configuration.listeners == [
+            configuration.listeners.map(\.address) == [
                 ListenAddress(host: "0.0.0.0", port: 1883), ListenAddress(host: "::1", port: 1884),
+                ListenAddress(kind: .wss, host: "0.0.0.0", port: 8884, path: "/mqtt"),
+                ListenAddress(kind: .tls, host: "0.0.0.0", port: 8883),
             ])
         #expect(configuration.dataDirectory == "/var/lib/gatehouse")
+        let resolved = configuration.resolvedListeners()
+        #expect(resolved.usesDevelopmentCertificates)  // the wss listener names no files
+        #expect(
+            resolved.listeners[2].tls
+                == TLSSettings(
+                    certificateFile: "/var/lib/gatehouse/certs/server.pem",
+                    keyFile: "/var/lib/gatehouse/certs/server.key", clientCAFile: "/var/lib/gatehouse/certs/ca.pem",
+                    clientCertificates: .optional))
+        #expect(
+            resolved.listeners[3].tls
+                == TLSSettings(
+                    certificateFile: "/etc/gatehouse/server.pem", keyFile: "/etc/gatehouse/server.key",
+                    keyPassword: "s3cret", clientCAFile: "/etc/gatehouse/devices-ca.pem",
+                    crlFile: "/etc/gatehouse/devices.crl", clientCertificates: .required))
+        #expect(resolved.listeners[0].tls == nil)
         #expect(configuration.allowAnonymous && configuration.logLevel == "debug" && configuration.sysInterval == 30)
         let limits = configuration.limits
         #expect(limits.maxPacketSize == 65_536 && limits.connectTimeout == 5 && limits.maxInflightMessages == 50)
@@ -41,6 +67,14 @@ struct ServerConfigurationTests {
         let broker = configuration.brokerConfiguration
         #expect(broker.receiveMaximum == 200 && broker.maximumSubscriptionsPerClient == 100)
         #expect(broker.maximumKeepAlive == 300)
+    }
+
+    @Test("own certificate files without a client CA ask for no client certificate")
+    func ownCertificateWithoutClientCA() throws {
+        let text = "listeners:\n  - url: mqtts://0.0.0.0:8883\n    tls: {certificate: s.pem, key: s.key}\n"
+        let resolved = try ServerConfiguration.parse(text, file: "g.yaml").resolvedListeners()
+        #expect(!resolved.usesDevelopmentCertificates)
+        #expect(resolved.listeners[0].tls?.clientCertificates == TLSSettings.ClientCertificates.none)
     }
 
     @Test("an empty file keeps every default")
@@ -62,7 +96,22 @@ struct ServerConfigurationTests {
             ("allow_anonymous: maybe", "g.yaml:1:18: 'allow_anonymous' must be true or false"),
             ("log_level: loud", "g.yaml:1:12: 'log_level' must be one of trace, debug"),
             ("listeners: mqtt://x:1", "g.yaml:1:12: 'listeners' must be a list"),
-            ("listeners:\n  - mqtts://x:8883", "g.yaml:2:5: listener scheme 'mqtts' is not supported yet"),
+            (
+                "listeners:\n  - mqttx://x:8883",
+                "g.yaml:2:5: listener scheme 'mqttx' is not one of mqtt, mqtts, ws, wss"
+            ),
+            ("listeners:\n  - mqtt://x:1/path", "g.yaml:2:5: listen address 'mqtt://x:1/path' has a path"),
+            ("listeners:\n  - url: mqtt://x:1\n    tls: {}", "g.yaml:3:10: 'tls' belongs to mqtts:// and wss://"),
+            ("listeners:\n  - tls: {}", "g.yaml:2:5: a listener mapping needs a 'url'"),
+            (
+                "listeners:\n  - url: wss://x:1\n    tls: {key: k}",
+                "g.yaml:3:10: 'tls' needs both 'certificate' and 'key'"
+            ),
+            (
+                "listeners:\n  - url: wss://x:1\n    tls: {client_certificates: always}",
+                "g.yaml:3:32: 'client_certificates' must be none, optional or required"
+            ),
+            ("listeners:\n  - url: wss://x:1\n    tls: {cert: c}", "g.yaml:3:11: unknown key 'cert' in 'tls'"),
             ("listeners: []", "g.yaml:1:12: 'listeners' needs at least one URL"),
             ("- a\n- b", "g.yaml:1:1: the top level must be a mapping of keys"),
             ("limits: 5", "g.yaml:1:9: 'limits' must be a mapping of keys"),

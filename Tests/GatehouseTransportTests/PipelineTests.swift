@@ -102,13 +102,20 @@ struct ListenAddressTests {
         #expect(try ListenAddress(parsing: "mqtt://[::1]:0") == ListenAddress(host: "::1", port: 0))
         #expect(try ListenAddress(parsing: "mqtt://localhost:65535").description == "mqtt://localhost:65535")
         #expect(ListenAddress(host: "::1", port: 1883).description == "mqtt://[::1]:1883")
+        #expect(
+            try ListenAddress(parsing: "mqtts://0.0.0.0:8883") == ListenAddress(kind: .tls, host: "0.0.0.0", port: 8883)
+        )
+        #expect(try ListenAddress(parsing: "ws://h:80").path == "/mqtt")
+        #expect(try ListenAddress(parsing: "WSS://[::]:443/broker/mqtt").description == "wss://[::]:443/broker/mqtt")
+        #expect(try ListenAddress(parsing: "wss://h:443/x").kind.usesTLS)
     }
 
     @Test(
         "invalid URLs say what is wrong",
         arguments: [
             ("127.0.0.1:1883", "must look like"),
-            ("mqtts://127.0.0.1:8883", "not supported yet"),
+            ("mqttx://127.0.0.1:8883", "not one of mqtt, mqtts, ws, wss"),
+            ("mqtts://h:8883/path", "only ws:// and wss:// take"),
             ("mqtt://127.0.0.1", "no port"),
             ("mqtt://:1883", "no host"),
             ("mqtt://h:99999", "invalid port"),

@@ -7,16 +7,27 @@ final class BrokerProcess {
     let process = Process()
     let logURL: URL
     let dataDirectory: URL
+    /// The first listener's port (mqtt:// unless told otherwise).
     private(set) var port = 0
+    /// Each listener's port by scheme: "mqtt", "mqtts", "ws", "wss".
+    private(set) var ports: [String: Int] = [:]
 
-    init(arguments: [String] = []) throws {
+    /// Port of each listener, in the order they were declared.
+    private(set) var listenerPorts: [Int] = []
+    private let listenerCount: Int
+
+    /// `listeners` become `--listen` flags; with a configuration file that declares them
+    /// instead, pass `listeners: []` and how many it declares as `listenerCount`.
+    init(arguments: [String] = [], listeners: [String] = ["mqtt://127.0.0.1:0"], listenerCount: Int? = nil) throws {
+        self.listenerCount = listenerCount ?? listeners.count
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
         process.executableURL = BrokerProcess.binary
         dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "gatehouse-data-\(UUID().uuidString)")
-        process.arguments = ["serve", "--listen", "mqtt://127.0.0.1:0", "--data-dir", dataDirectory.path] + arguments
+        process.arguments =
+            ["serve"] + listeners.flatMap { ["--listen", $0] } + ["--data-dir", dataDirectory.path] + arguments
         process.standardOutput = log
         process.standardError = log
         try process.run()
@@ -37,13 +48,19 @@ final class BrokerProcess {
 
     var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
-    /// Waits until the broker says where it listens.
+    /// The development certificates the broker made on first start.
+    var certificatesDirectory: String { dataDirectory.appendingPathComponent("certs").path }
+
+    /// Waits until the broker says where each listener listens.
     func waitUntilListening(timeout: Duration = .seconds(20)) async throws {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while clock.now < deadline {
-            if let match = log.firstMatch(of: /listening on mqtt:\/\/127\.0\.0\.1:(\d+)/), let port = Int(match.1) {
-                self.port = port
+            let bound = log.matches(of: /listening on (\w+):\/\/127\.0\.0\.1:(\d+)/)
+            if bound.count >= listenerCount {
+                for match in bound { ports[String(match.1)] = Int(match.2) }
+                listenerPorts = bound.compactMap { Int($0.2) }
+                port = Int(bound[0].2) ?? 0
                 return
             }
             guard process.isRunning else { break }
@@ -51,6 +68,11 @@ final class BrokerProcess {
         }
         Issue.record("broker did not start listening; log:\n\(log)")
         throw CancellationError()
+    }
+
+    /// Waits until the log contains `text` (a reload's outcome, a refusal's reason).
+    func waitForLog(_ text: String, timeout: Duration = .seconds(10)) async throws {
+        try await waitForText(text, in: "the broker log", timeout: timeout) { self.log }
     }
 
     /// Sends `signal` and returns the exit status.
@@ -70,6 +92,7 @@ func runTool(_ name: String, _ arguments: [String], timeout: Duration = .seconds
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = [name] + arguments
+    process.standardInput = FileHandle.nullDevice
     let outputURL = FileManager.default.temporaryDirectory.appendingPathComponent("tool-\(UUID().uuidString).out")
     _ = FileManager.default.createFile(atPath: outputURL.path, contents: nil)
     defer { try? FileManager.default.removeItem(at: outputURL) }
@@ -85,6 +108,18 @@ func runTool(_ name: String, _ arguments: [String], timeout: Duration = .seconds
         Issue.record("\(name) \(arguments.joined(separator: " ")) printed:\n\(readOutput())")
         throw error
     }
+}
+
+/// Polls `read` until it contains `text`; records an issue showing what it held and throws if it never does.
+func waitForText(_ text: String, in place: String, timeout: Duration, read: () -> String) async throws {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if read().contains(text) { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("'\(text)' never appeared in \(place):\n\(read())")
+    throw CancellationError()
 }
 
 func waitForExit(_ process: Process, timeout: Duration) async throws -> Int32 {
@@ -128,14 +163,7 @@ final class RunningTool {
 
     /// Waits until the output contains `text`; records an issue and throws if it never does.
     func waitForOutput(_ text: String, timeout: Duration = .seconds(10)) async throws {
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        while clock.now < deadline {
-            if output.contains(text) { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        Issue.record("'\(text)' never appeared; output:\n\(output)")
-        throw CancellationError()
+        try await waitForText(text, in: "the output", timeout: timeout) { self.output }
     }
 
     func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {

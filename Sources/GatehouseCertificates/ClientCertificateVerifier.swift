@@ -1,0 +1,50 @@
+import Foundation
+public import GatehouseAuth
+import SwiftASN1
+import X509
+
+/// Verifies a TLS client's certificate chain against the listener's client CAs (RFC 5280
+/// path validation by swift-certificates) and its CRLs, and says why when it refuses.
+public struct ClientCertificateVerifier: Sendable {
+    public enum Outcome: Sendable, Equatable {
+        case verified(ClientCertificate)
+        /// The reason, for the broker's log only.
+        case refused(String)
+    }
+
+    private let roots: CertificateStore
+    private let revocations: RevocationList?
+
+    /// `authoritiesDER`: the client CA certificates.
+    public init(authoritiesDER: [[UInt8]], revocations: RevocationList?) throws {
+        roots = CertificateStore(try authoritiesDER.map { try Certificate(derEncoded: $0) })
+        self.revocations = revocations
+    }
+
+    /// `chainDER`: the certificates the client sent, leaf first.
+    public func verify(chainDER: [[UInt8]]) async -> Outcome {
+        let now = Date()
+        guard let leafDER = chainDER.first, let leaf = try? Certificate(derEncoded: leafDER) else {
+            return .refused("client certificate unreadable")
+        }
+        if leaf.notValidAfter < now { return .refused("client certificate expired") }
+        if leaf.notValidBefore > now { return .refused("client certificate not yet valid") }
+        let intermediates = CertificateStore(chainDER.dropFirst().compactMap { try? Certificate(derEncoded: $0) })
+        var verifier = Verifier(rootCertificates: roots) { RFC5280Policy() }
+        switch await verifier.validate(leaf: leaf, intermediates: intermediates) {
+        case .couldNotValidate(let failures):
+            guard let failure = failures.first else { return .refused("client certificate not signed by a trusted CA") }
+            return .refused("client certificate refused: \(failure.policyFailureReason)")
+        case .validCertificate(let chain):
+            guard let certificate = try? ClientCertificate(derBytes: leafDER) else {
+                return .refused("client certificate unreadable")
+            }
+            // The root is trusted as configured; the leaf and any intermediate may be revoked.
+            if let revocations, let revoked = chain.dropLast().first(where: revocations.isRevoked) {
+                let serial = revoked.serialNumber.bytes.drop { $0 == 0 }
+                return .refused("client certificate revoked (serial \(hexString(serial)), issuer \(revoked.issuer))")
+            }
+            return .verified(certificate)
+        }
+    }
+}
