@@ -17,6 +17,9 @@ public struct ClientCertificate: Sendable, Hashable {
     public var notValidBefore: Int64
     public var notValidAfter: Int64
     public var derBytes: [UInt8]
+    /// SHA-256 (lowercase hex) of the CA certificate that signed this one in the verified
+    /// chain, so that bindings by name can require a particular CA.
+    public var issuerFingerprintSHA256: String?
 
     public init(
         subject: String,
@@ -29,7 +32,8 @@ public struct ClientCertificate: Sendable, Hashable {
         emailAddresses: [String] = [],
         notValidBefore: Int64,
         notValidAfter: Int64,
-        derBytes: [UInt8]
+        derBytes: [UInt8],
+        issuerFingerprintSHA256: String? = nil
     ) {
         self.subject = subject
         self.commonName = commonName
@@ -42,5 +46,6 @@ public struct ClientCertificate: Sendable, Hashable {
         self.notValidBefore = notValidBefore
         self.notValidAfter = notValidAfter
         self.derBytes = derBytes
+        self.issuerFingerprintSHA256 = issuerFingerprintSHA256
     }
 }

@@ -36,7 +36,7 @@ public struct ConnectCredentials: Sendable {
     public var clientIdentifier: String
     public var username: String?
     public var password: [UInt8]?
-    /// "host:port" of the remote end, for back-off and logs.
+    /// The remote end's IP address, for back-off and logs.
     public var remoteAddress: String?
     /// The client certificate a TLS listener verified; nil on plain listeners or when none was sent.
     public var clientCertificate: ClientCertificate?

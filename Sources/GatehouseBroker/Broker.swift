@@ -65,8 +65,12 @@ public final class Broker: Sendable {
         public var previousConnection: (any SessionConnection)?
     }
 
+    /// A client identifier whose session another identity owns.
+    public struct SessionOwnedElsewhere: Error {}
+
     /// Finds or creates the client's session and attaches `connection` to it. Clean Start
-    /// discards an existing session first. [MQTT-3.1.2-4]
+    /// discards an existing session first. [MQTT-3.1.2-4] A session belongs to the identity
+    /// that created it: another identity may neither resume nor replace it.
     public func openSession(
         clientID: String,
         cleanStart: Bool,
@@ -74,9 +78,10 @@ public final class Broker: Sendable {
         receiveMaximum: Int,
         principal: Principal,
         connection: any SessionConnection
-    ) -> OpenedSession {
-        let (session, present, discarded) = sessions.withLockedValue { sessions in
+    ) throws(SessionOwnedElsewhere) -> OpenedSession {
+        let found = sessions.withLockedValue { sessions -> (Session, Bool, Session?)? in
             let existing = sessions[clientID]
+            if let existing, existing.principal.identityID != principal.identityID { return nil }
             if let existing, !cleanStart {
                 return (existing, true, nil as Session?)
             }
@@ -90,6 +95,7 @@ public final class Broker: Sendable {
             sessions[clientID] = fresh
             return (fresh, false, existing)
         }
+        guard let (session, present, discarded) = found else { throw SessionOwnedElsewhere() }
         var previous = session.attach(
             connection, principal: principal, receiveMaximum: receiveMaximum, expiryInterval: expiryInterval)
         // Reconnecting before a delayed Will is due cancels it. [MQTT-3.1.3-9]
@@ -166,6 +172,23 @@ public final class Broker: Sendable {
                 trie.remove(clientID: session.clientID, filter: filter)
             }
         }
+    }
+
+    /// The principal of every connected client, for re-checking after an identity change.
+    public func connectedPrincipals() -> [(clientID: String, principal: Principal)] {
+        let all = sessions.withLockedValue { Array($0.values) }
+        return all.compactMap { $0.currentConnection == nil ? nil : ($0.clientID, $0.principal) }
+    }
+
+    /// Ends the client's connection if it is still the one `principal` authenticated (it may
+    /// have reconnected with other credentials since it was checked). The session stays.
+    @discardableResult
+    public func disconnect(clientID: String, ifStill principal: Principal, reason: MQTTReasonCode) -> Bool {
+        guard let session = session(clientID: clientID), session.principal == principal,
+            let connection = session.currentConnection
+        else { return false }
+        connection.disconnect(reason: reason)
+        return true
     }
 
     /// Ends every connection, as at shutdown.

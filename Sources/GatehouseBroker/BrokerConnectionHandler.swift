@@ -1,3 +1,4 @@
+import Foundation
 public import GatehouseAuth
 public import Logging
 public import MQTTCore
@@ -39,6 +40,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var drainPending = false
     private var tally = TrafficTally()
     private var connectTimeoutTask: Scheduled<Void>?
+    private var credentialExpiryTask: Scheduled<Void>?
     private var logger: Logger
     private let broker: Broker
     private let connectTimeout: TimeAmount
@@ -73,6 +75,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     public func handlerRemoved(context: ChannelHandlerContext) {
         connectTimeoutTask?.cancel()
+        credentialExpiryTask?.cancel()
         self.context = nil
     }
 
@@ -177,7 +180,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             clientIdentifier: clientID,
             username: connect.username,
             password: connect.password,
-            remoteAddress: context?.remoteAddress?.description,
+            remoteAddress: context?.remoteAddress?.ipAddress,
             clientCertificate: clientCertificate
         )
         state = .authenticating(pending: [])
@@ -211,14 +214,23 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let receiveMaximum =
             version == .v5
             ? Int(connect.properties.receiveMaximum ?? UInt16.max) : configuration.maximumInflightMessages
-        let opened = broker.openSession(
-            clientID: clientID,
-            cleanStart: connect.cleanStart,
-            expiryInterval: expiry,
-            receiveMaximum: receiveMaximum,
-            principal: principal,
-            connection: self
-        )
+        let opened: Broker.OpenedSession
+        do {
+            opened = try broker.openSession(
+                clientID: clientID,
+                cleanStart: connect.cleanStart,
+                expiryInterval: expiry,
+                receiveMaximum: receiveMaximum,
+                principal: principal,
+                connection: self
+            )
+        } catch {
+            logger.notice(
+                "CONNECT refused: the session belongs to another identity",
+                metadata: ["identity": "\(principal.identityID)"])
+            sendAndClose(.connack(.init(reasonCode: .notAuthorized)), version: version)
+            return
+        }
         if let previous = opened.previousConnection {
             logger.info("session taken over")
             previous.disconnect(reason: .sessionTakenOver)
@@ -262,6 +274,14 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1_500)
             try? context.pipeline.syncOperations.addHandler(
                 IdleStateHandler(readTimeout: timeout), position: .before(self))
+        }
+        if let expiresAt = principal.expiresAt {
+            // The credential's end is the session's end. [DISCONNECT 0x87 in 5.0]
+            let remaining = max(0, expiresAt - Int64(Date().timeIntervalSince1970))
+            credentialExpiryTask = eventLoop.scheduleTask(in: .seconds(remaining)) { [self] in
+                logger.info("credential expired")
+                close(sendingDisconnect: .notAuthorized)
+            }
         }
         logger.debug("connected", metadata: ["version": "\(version)", "session_present": "\(sessionPresent)"])
         sessionHasOutput()

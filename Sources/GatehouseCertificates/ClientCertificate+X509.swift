@@ -56,3 +56,10 @@ func hexString(_ bytes: some Sequence<UInt8>) -> String {
     }
     return String(decoding: text, as: UTF8.self)
 }
+
+extension ClientCertificate {
+    /// SHA-256 (lowercase hex) of the first certificate in a PEM text, as bindings record it.
+    public static func fingerprint(pem: String) throws -> String {
+        hexString(SHA256.hash(data: try PEMDocument(pemString: pem).derBytes))
+    }
+}

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 public import GatehouseAuth
 import SwiftASN1
@@ -36,8 +37,14 @@ public struct ClientCertificateVerifier: Sendable {
             guard let failure = failures.first else { return .refused("client certificate not signed by a trusted CA") }
             return .refused("client certificate refused: \(failure.policyFailureReason)")
         case .validCertificate(let chain):
-            guard let certificate = try? ClientCertificate(derBytes: leafDER) else {
+            guard var certificate = try? ClientCertificate(derBytes: leafDER) else {
                 return .refused("client certificate unreadable")
+            }
+            if let issuer = chain.dropFirst().first {
+                var serializer = DER.Serializer()
+                if (try? serializer.serialize(issuer)) != nil {
+                    certificate.issuerFingerprintSHA256 = hexString(SHA256.hash(data: serializer.serializedBytes))
+                }
             }
             // The root is trusted as configured; the leaf and any intermediate may be revoked.
             if let revocations, let revoked = chain.dropLast().first(where: revocations.isRevoked) {

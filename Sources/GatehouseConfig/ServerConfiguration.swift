@@ -16,6 +16,23 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// Seconds between `$SYS` updates; 0 turns them off.
     public var sysInterval = 10
     public var limits = Limits()
+    public var authentication = Authentication()
+    /// The identity store; nil means `DATA_DIR/iam.sqlite`.
+    public var iamDatabase: String?
+
+    /// How CONNECT is authenticated: the methods in order, and the back-off after failures.
+    public struct Authentication: Sendable, Equatable {
+        public static let allMethods = ["certificate", "token", "jwt", "password"]
+        /// Tried in this order; the first that accepts or rejects decides. Anonymous access,
+        /// when allowed, comes last.
+        public var methods = allMethods
+        /// The wait before the next attempt after one failure from an address or for a user
+        /// name; it doubles with each further failure up to `backoffMaximum`. 0 turns it off.
+        public var backoffBaseMilliseconds = 100
+        public var backoffMaximumMilliseconds = 30_000
+
+        public init() {}
+    }
 
     public struct Limits: Sendable, Equatable {
         public var maxPacketSize = 1_048_576
@@ -121,8 +138,10 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 
 extension ServerConfiguration {
     private static let topLevelKeys = [
-        "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits",
+        "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
+        "iam_database",
     ]
+    private static let authenticationKeys = ["methods", "backoff_base_ms", "backoff_max_ms"]
     private static let limitKeys = [
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
         "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
@@ -162,6 +181,32 @@ extension ServerConfiguration {
                 }
                 configuration.logLevel = level
             case "sys_interval": configuration.sysInterval = try reader.int(value, key, in: 0...86_400)
+            case "iam_database": configuration.iamDatabase = try reader.string(value, key)
+            case "authentication":
+                for (authenticationKey, authenticationValue) in try reader.mapping(value, "'authentication'") {
+                    let name = try reader.key(authenticationKey, allowed: authenticationKeys, section: "authentication")
+                    switch name {
+                    case "methods":
+                        var methods: [String] = []
+                        for item in try reader.sequence(authenticationValue, name) {
+                            let method = try reader.string(item, "a method")
+                            guard Authentication.allMethods.contains(method), !methods.contains(method) else {
+                                throw reader.error(
+                                    at: item,
+                                    "'\(method)' is not a method, or is listed twice; methods are "
+                                        + Authentication.allMethods.joined(separator: ", "))
+                            }
+                            methods.append(method)
+                        }
+                        configuration.authentication.methods = methods
+                    case "backoff_base_ms":
+                        configuration.authentication.backoffBaseMilliseconds = try reader.int(
+                            authenticationValue, name, in: 0...60_000)
+                    default:
+                        configuration.authentication.backoffMaximumMilliseconds = try reader.int(
+                            authenticationValue, name, in: 0...3_600_000)
+                    }
+                }
             default:  // "limits"
                 for (limitKey, limitValue) in try reader.mapping(value, "'limits'") {
                     let name = try reader.key(limitKey, allowed: limitKeys, section: "limits")

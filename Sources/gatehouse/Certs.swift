@@ -12,10 +12,10 @@ struct Certs: ParsableCommand {
             commandName: "dev",
             abstract: "Make a development CA, a server certificate and a client certificate.",
             discussion: """
-                Writes into DIR: ca.pem and ca.key (kept if present, so that certificates it \\
-                signed stay valid), server.pem and server.key for localhost, 127.0.0.1 and ::1 \\
-                (kept if present), and client-NAME.pem and client-NAME.key for the identity \\
-                NAME (common name NAME). Private keys are written 0600. For development and \\
+                Writes into DIR: ca.pem and ca.key (kept if present, so that certificates it \
+                signed stay valid), server.pem and server.key for localhost, 127.0.0.1 and ::1 \
+                (kept if present), and client-NAME.pem and client-NAME.key for the identity \
+                NAME (common name NAME). Private keys are written 0600. For development and \
                 tests only; certs/README.md explains how to use real certificates.
                 """
         )

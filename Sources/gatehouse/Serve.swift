@@ -4,6 +4,7 @@ import GatehouseAuth
 import GatehouseBroker
 import GatehouseCertificates
 import GatehouseConfig
+import GatehouseIAM
 import GatehouseTransport
 import Logging
 import NIOCore
@@ -20,8 +21,10 @@ struct Serve: AsyncParsableCommand {
             mqtt://127.0.0.1:1883 and mqtts://127.0.0.1:8883 with its data in ./data; TLS \
             listeners without their own files use development certificates made on first \
             start in DATA_DIR/certs. Port 0 picks a free port; the log line 'listening on …' \
-            names it. SIGHUP re-reads the TLS files. Every CONNECT is refused unless \
-            anonymous access is allowed: identities and ACLs are not built yet.
+            names it. SIGHUP re-reads the TLS files. Clients authenticate against the \
+            identity store (DATA_DIR/iam.sqlite, managed with 'gatehouse iam'); on first start \
+            it gets an 'admin' identity whose token is written to DATA_DIR/admin.token. Topic \
+            ACLs are not built yet: every authenticated client may use every topic.
             """
     )
 
@@ -48,7 +51,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds between updates of the $SYS/broker/... topics; 0 turns them off.")
     var sysInterval: Int?
 
-    @Flag(help: "Accept every client without credentials and allow it every topic. Development only.")
+    @Flag(help: "Also accept clients that present no credentials. Development only.")
     var allowAnonymous = false
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
@@ -110,18 +113,17 @@ struct Serve: AsyncParsableCommand {
         let pidFile = try DataDirectory(path: settings.dataDirectory).writePIDFile()
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
 
-        let broker: Broker
-        if settings.allowAnonymous {
-            logger.warning("ANONYMOUS ACCESS IS ON: any client may connect and use every topic")
-            broker = Broker(
-                configuration: settings.brokerConfiguration, authenticator: AnonymousAuthenticator(),
-                authorizer: AllowAllAuthorizer(), logger: logger)
-        } else {
-            logger.notice("no authentication method is configured: every CONNECT will be refused")
-            broker = Broker(
-                configuration: settings.brokerConfiguration, authenticator: AuthenticatorChain([]),
-                authorizer: AllowAllAuthorizer(), logger: logger)
+        let store: IdentityStore
+        do { store = try openIdentityStore(settings, logger: logger) } catch {
+            throw ValidationError("\(error)")
         }
+        if settings.allowAnonymous {
+            logger.warning("ANONYMOUS ACCESS IS ON: clients without credentials may connect and use every topic")
+        }
+        let broker = Broker(
+            configuration: settings.brokerConfiguration,
+            authenticator: makeAuthenticator(settings, store: store, logger: logger),
+            authorizer: AllowAllAuthorizer(), logger: logger)
         let (listeners, usesDevelopmentCertificates) = settings.resolvedListeners()
         if usesDevelopmentCertificates {
             try ensureDevelopmentCertificates(in: settings.developmentCertificatesDirectory, logger: logger)
@@ -155,7 +157,8 @@ struct Serve: AsyncParsableCommand {
         }
         let services = ServiceGroup(
             configuration: .init(
-                services: [server, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+                services: [server, reloader, RevocationEnforcer(store: store, broker: broker, logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await services.run()
     }

@@ -34,7 +34,8 @@ final class BrokerProcess {
     }
 
     deinit {
-        if process.isRunning { process.terminate() }
+        // A test that meant to stop the broker has done so; anything left is killed outright.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         try? FileManager.default.removeItem(at: logURL)
         try? FileManager.default.removeItem(at: dataDirectory)
     }

@@ -1,0 +1,85 @@
+import Synchronization
+
+/// Slows down sources of failed attempts: after each failure from a remote address, or for a
+/// user name, the next attempt from it waits twice as long (from `base` up to `maximum`)
+/// before it is even checked. A success clears both; a quiet `forgetAfter` forgets them.
+public final class ThrottledAuthenticator: Authenticator {
+    public struct Backoff: Sendable {
+        public var base: Duration
+        public var maximum: Duration
+        public var forgetAfter: Duration
+
+        public init(
+            base: Duration = .milliseconds(100), maximum: Duration = .seconds(30), forgetAfter: Duration = .seconds(900)
+        ) {
+            self.base = base
+            self.maximum = maximum
+            self.forgetAfter = forgetAfter
+        }
+    }
+
+    private struct Failures {
+        var count: Int
+        var last: ContinuousClock.Instant
+    }
+
+    private let inner: any Authenticator
+    private let backoff: Backoff
+    private let failures = Mutex<[String: Failures]>([:])
+    /// Bounds the memory an attacker with many addresses can make the table use.
+    private let maximumEntries = 100_000
+
+    public init(_ inner: any Authenticator, backoff: Backoff = Backoff()) {
+        self.inner = inner
+        self.backoff = backoff
+    }
+
+    public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
+        let keys = Self.keys(credentials)
+        let wait = delay(for: keys)
+        if wait > .zero { try? await Task.sleep(for: wait) }
+        let outcome = await inner.authenticate(credentials)
+        record(keys, success: { if case .accepted = outcome { true } else { false } }())
+        return outcome
+    }
+
+    /// How long the next attempt with these credentials would wait now.
+    public func delay(for credentials: ConnectCredentials) -> Duration { delay(for: Self.keys(credentials)) }
+
+    private static func keys(_ credentials: ConnectCredentials) -> [String] {
+        var keys: [String] = []
+        if let address = credentials.remoteAddress { keys.append("address:\(address)") }
+        if let username = credentials.username, !username.isEmpty { keys.append("user:\(username)") }
+        return keys
+    }
+
+    private func delay(for keys: [String]) -> Duration {
+        let now = ContinuousClock.now
+        let count = failures.withLock { table in
+            keys.compactMap { key in
+                table[key].flatMap { now - $0.last < backoff.forgetAfter ? $0.count : nil }
+            }.max() ?? 0
+        }
+        guard count > 0 else { return .zero }
+        let doubled = backoff.base * Double(1 << min(count - 1, 20))
+        return min(doubled, backoff.maximum)
+    }
+
+    private func record(_ keys: [String], success: Bool) {
+        let now = ContinuousClock.now
+        failures.withLock { table in
+            for key in keys {
+                if success {
+                    table[key] = nil
+                } else {
+                    let previous = table[key].flatMap { now - $0.last < backoff.forgetAfter ? $0.count : nil } ?? 0
+                    table[key] = Failures(count: previous + 1, last: now)
+                }
+            }
+            if table.count > maximumEntries {
+                table = table.filter { now - $0.value.last < backoff.forgetAfter }
+                if table.count > maximumEntries { table.removeAll() }
+            }
+        }
+    }
+}

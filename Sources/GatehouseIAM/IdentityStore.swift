@@ -1,0 +1,210 @@
+import Foundation
+import GRDB
+
+/// The embedded identity store: one SQLite file (WAL), versioned migrations, an audit row for
+/// every change. The CLI and the running broker open the same file; the broker follows the
+/// audit sequence to notice what the CLI changed.
+public final class IdentityStore: Sendable {
+    public let path: String
+    let database: DatabasePool
+
+    /// The store's file in a data directory.
+    public static func defaultPath(dataDirectory: String) -> String {
+        (dataDirectory as NSString).appendingPathComponent("iam.sqlite")
+    }
+
+    /// Opens (creating if needed) and migrates the database at `path`.
+    public init(path: String) throws {
+        self.path = path
+        var configuration = Configuration()
+        configuration.foreignKeysEnabled = true
+        // The CLI and the broker write to the same file: wait for each other's locks.
+        configuration.busyMode = .timeout(5)
+        do {
+            database = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(database)
+        } catch {
+            throw IAMError("cannot open the identity store '\(path)': \(error)")
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("1-identities") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE tenant (
+                        name TEXT PRIMARY KEY NOT NULL,
+                        enabled INTEGER NOT NULL DEFAULT 1,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE identity (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        name TEXT NOT NULL UNIQUE,
+                        tenant TEXT NOT NULL REFERENCES tenant(name),
+                        kind TEXT NOT NULL CHECK (kind IN ('device', 'user', 'service', 'application')),
+                        enabled INTEGER NOT NULL DEFAULT 1,
+                        client_id_pattern TEXT,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE identity_role (
+                        identity_id TEXT NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        role TEXT NOT NULL,
+                        PRIMARY KEY (identity_id, role)
+                    );
+                    CREATE TABLE "group" (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        tenant TEXT NOT NULL REFERENCES tenant(name),
+                        name TEXT NOT NULL,
+                        UNIQUE (tenant, name)
+                    );
+                    CREATE TABLE group_role (
+                        group_id TEXT NOT NULL REFERENCES "group"(id) ON DELETE CASCADE,
+                        role TEXT NOT NULL,
+                        PRIMARY KEY (group_id, role)
+                    );
+                    CREATE TABLE group_member (
+                        group_id TEXT NOT NULL REFERENCES "group"(id) ON DELETE CASCADE,
+                        identity_id TEXT NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        PRIMARY KEY (group_id, identity_id)
+                    );
+                    CREATE TABLE credential (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        identity_id TEXT NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        kind TEXT NOT NULL CHECK (kind IN ('password', 'token', 'certificate')),
+                        -- password: the KDF output; token: SHA-256 of the token
+                        secret_hash BLOB,
+                        -- password: salt and KDF parameters, so they can be raised later
+                        kdf TEXT,
+                        hint TEXT,
+                        -- token: the roles it is limited to, comma-separated (NULL: all)
+                        roles TEXT,
+                        -- certificate: 'sha256:<hex>', 'cn:<name>' or 'uri:<uri>'
+                        binding TEXT,
+                        -- certificate bound by name: SHA-256 of the CA that must have issued it
+                        ca_fingerprint TEXT,
+                        expires_at INTEGER,
+                        revoked_at INTEGER,
+                        created_at INTEGER NOT NULL,
+                        description TEXT
+                    );
+                    CREATE UNIQUE INDEX credential_token ON credential(secret_hash) WHERE kind = 'token';
+                    CREATE INDEX credential_binding ON credential(binding) WHERE kind = 'certificate';
+                    CREATE INDEX credential_identity ON credential(identity_id);
+                    CREATE TABLE trusted_issuer (
+                        issuer TEXT PRIMARY KEY NOT NULL,
+                        audience TEXT NOT NULL,
+                        jwks TEXT,
+                        hmac_secret TEXT,
+                        subject_claim TEXT NOT NULL,
+                        tenant_claim TEXT NOT NULL,
+                        roles_claim TEXT NOT NULL,
+                        default_tenant TEXT,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE signing_key (
+                        kid TEXT PRIMARY KEY NOT NULL,
+                        private_key_pem TEXT NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        retired_at INTEGER
+                    );
+                    CREATE TABLE audit (
+                        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+                        at INTEGER NOT NULL,
+                        actor TEXT NOT NULL,
+                        action TEXT NOT NULL,
+                        subject TEXT NOT NULL,
+                        -- the identity whose sessions the change may end (NULL: none, '*': any)
+                        identity_id TEXT,
+                        detail TEXT
+                    );
+                    """)
+        }
+        return migrator
+    }
+
+    /// Runs `body` in one write transaction; `conflict` is the message when it would duplicate
+    /// a unique name.
+    func write<T>(conflict: String? = nil, _ body: (Database) throws -> T) throws -> T {
+        do {
+            return try database.write(body)
+        } catch let error as IAMError {
+            throw error
+        } catch let error as DatabaseError
+            where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
+            || error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
+        {
+            throw IAMError(conflict ?? "that already exists (\(error.message ?? "unique constraint"))")
+        } catch {
+            throw IAMError("the identity store failed: \(error)")
+        }
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try database.read(body)
+        } catch let error as IAMError {
+            throw error
+        } catch {
+            throw IAMError("the identity store failed: \(error)")
+        }
+    }
+
+    /// For the authenticators: off the caller's thread, on GRDB's reader pool.
+    func readAsync<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await database.read(body)
+    }
+
+    static func audit(
+        _ db: Database, actor: String, action: String, subject: String, identityID: String? = nil,
+        detail: String? = nil
+    ) throws {
+        try db.execute(
+            sql: "INSERT INTO audit (at, actor, action, subject, identity_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            arguments: [now(), actor, action, subject, identityID, detail])
+    }
+
+    /// The latest audit sequence number: the broker polls it to notice changes.
+    public func latestChange() throws -> Int64 {
+        try read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(sequence), 0) FROM audit") ?? 0 }
+    }
+
+    /// Identities touched by changes after `sequence` ('*' when a change may affect anyone).
+    public func identitiesChanged(after sequence: Int64) throws -> (latest: Int64, identityIDs: Set<String>) {
+        try read { db in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT sequence, identity_id FROM audit WHERE sequence > ? ORDER BY sequence",
+                arguments: [sequence])
+            var latest = sequence
+            var identities = Set<String>()
+            for row in rows {
+                latest = max(latest, row["sequence"])
+                if let identity: String = row["identity_id"] { identities.insert(identity) }
+            }
+            return (latest, identities)
+        }
+    }
+
+    public func auditLog(limit: Int = 100) throws -> [AuditEntry] {
+        try read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT sequence, at, actor, action, subject, detail FROM audit ORDER BY sequence DESC LIMIT ?",
+                arguments: [limit]
+            ).reversed().map { row in
+                AuditEntry(
+                    sequence: row["sequence"], at: row["at"], actor: row["actor"], action: row["action"],
+                    subject: row["subject"], detail: row["detail"])
+            }
+        }
+    }
+}
+
+func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+/// A random identifier with a readable prefix: `tok_3f9c2a1b7d4e`.
+func randomID(_ prefix: String) -> String {
+    var generator = SystemRandomNumberGenerator()
+    let digits = Array("0123456789abcdef")
+    return prefix + "_" + String((0..<12).map { _ in digits[Int(generator.next() % 16)] })
+}

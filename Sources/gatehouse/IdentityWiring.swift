@@ -1,0 +1,82 @@
+import Foundation
+import GatehouseAuth
+import GatehouseBroker
+import GatehouseCertificates
+import GatehouseConfig
+import GatehouseIAM
+import Logging
+import MQTTCore
+import ServiceLifecycle
+
+/// Opens the identity store and, on first start (no tenant yet), creates tenant `default`,
+/// identity `admin` with role `admin`, and one admin token written to `DATA_DIR/admin.token`
+/// (mode 0600), so that a fresh broker is secure and usable at once.
+func openIdentityStore(_ settings: ServerConfiguration, logger: Logger) throws -> IdentityStore {
+    let path = settings.iamDatabase ?? IdentityStore.defaultPath(dataDirectory: settings.dataDirectory)
+    let store = try IdentityStore(path: path)
+    guard try store.tenants().isEmpty else { return store }
+    let actor = "gatehouse:first-start"
+    try store.addTenant("default", actor: actor)
+    try store.addIdentity("admin", tenant: "default", kind: .user, roles: ["admin"], actor: actor)
+    let created = try store.createToken(for: "admin", description: "made on first start", actor: actor)
+    let tokenFile = (settings.dataDirectory as NSString).appendingPathComponent("admin.token")
+    try writeSecret(created.token + "\n", to: tokenFile)
+    logger.notice(
+        "first start: created tenant 'default' and identity 'admin'; its token is in \(tokenFile)",
+        metadata: ["store": "\(path)"])
+    return store
+}
+
+/// The configured methods in order, anonymous last when allowed, behind the failure back-off.
+func makeAuthenticator(_ settings: ServerConfiguration, store: IdentityStore, logger: Logger) -> any Authenticator {
+    var chain: [any Authenticator] = settings.authentication.methods.map { method in
+        switch method {
+        case "certificate": CertificateAuthenticator(store: store, logger: logger)
+        case "token": TokenAuthenticator(store: store, logger: logger)
+        case "jwt": JWTAuthenticator(store: store, logger: logger)
+        default: PasswordAuthenticator(store: store, logger: logger)
+        }
+    }
+    if settings.allowAnonymous { chain.append(AnonymousAuthenticator()) }
+    let base = settings.authentication.backoffBaseMilliseconds
+    guard base > 0 else { return AuthenticatorChain(chain) }
+    return ThrottledAuthenticator(
+        AuthenticatorChain(chain),
+        backoff: .init(
+            base: .milliseconds(base),
+            maximum: .milliseconds(max(base, settings.authentication.backoffMaximumMilliseconds))))
+}
+
+/// Follows the identity store's audit sequence and ends the sessions whose identity, role,
+/// tenant or credential changed so that they may no longer connect (DISCONNECT 0x98 in 5.0).
+struct RevocationEnforcer: Service {
+    let store: IdentityStore
+    let broker: Broker
+    let logger: Logger
+    var interval: Duration = .milliseconds(250)
+
+    func run() async throws {
+        var seen = (try? store.latestChange()) ?? 0
+        // Polled rather than pushed: the CLI writes from another process. Ends quietly at
+        // shutdown (the sleep is cancelled).
+        while !Task.isShuttingDownGracefully {
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
+            guard let changed = try? store.identitiesChanged(after: seen), changed.latest != seen else { continue }
+            seen = changed.latest
+            await enforce(changed.identityIDs)
+        }
+    }
+
+    private func enforce(_ identities: Set<String>) async {
+        let everyone = identities.contains("*")
+        for (clientID, principal) in broker.connectedPrincipals()
+        where everyone || identities.contains(principal.identityID) {
+            guard await !store.isStillValid(principal) else { continue }
+            if broker.disconnect(clientID: clientID, ifStill: principal, reason: .administrativeAction) {
+                logger.notice(
+                    "session ended: its identity or credential changed",
+                    metadata: ["client_id": "\(clientID)", "identity": "\(principal.username)"])
+            }
+        }
+    }
+}
