@@ -236,6 +236,10 @@ public actor JWTAuthenticator: Authenticator {
                 _ = refuse("identity unknown, disabled or not allowed this client id", credentials)
                 return nil
             }
+            if let username = credentials.username, !username.isEmpty, username != subject {
+                _ = refuse("user name is not the token's subject", credentials)
+                return nil
+            }
             let roles = claims.strings("roles")
             guard Set(roles).isSubset(of: principal.roles) else {
                 _ = refuse("token claims roles the identity no longer has", credentials)

@@ -173,3 +173,34 @@ final class RunningTool {
 
     func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
 }
+
+struct SplitResult {
+    var status: Int32
+    var standardOutput: String
+    var standardError: String
+}
+
+/// Runs the gatehouse binary with `input` on standard input, keeping its two outputs apart
+/// (a token must be alone on standard output).
+func runGatehouse(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(20)) async throws
+    -> SplitResult
+{
+    let process = Process()
+    process.executableURL = BrokerProcess.binary
+    process.arguments = arguments
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)")
+    let outURL = base.appendingPathExtension("out")
+    let errURL = base.appendingPathExtension("err")
+    let inURL = base.appendingPathExtension("in")
+    for url in [outURL, errURL] { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
+    _ = FileManager.default.createFile(atPath: inURL.path, contents: Data((input ?? "").utf8))
+    defer { for url in [outURL, errURL, inURL] { try? FileManager.default.removeItem(at: url) } }
+    process.standardOutput = try FileHandle(forWritingTo: outURL)
+    process.standardError = try FileHandle(forWritingTo: errURL)
+    process.standardInput = try FileHandle(forReadingFrom: inURL)
+    try process.run()
+    let status = try await waitForExit(process, timeout: timeout)
+    return SplitResult(
+        status: status, standardOutput: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+        standardError: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+}
