@@ -43,6 +43,13 @@ public final class ThrottledAuthenticator: Authenticator {
         return outcome
     }
 
+    public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        let keys = Self.keys(credentials)
+        guard delay(for: keys) == .zero, let outcome = inner.authenticateImmediately(credentials) else { return nil }
+        record(keys, success: { if case .accepted = outcome { true } else { false } }())
+        return outcome
+    }
+
     /// How long the next attempt with these credentials would wait now.
     public func delay(for credentials: ConnectCredentials) -> Duration { delay(for: Self.keys(credentials)) }
 

@@ -185,6 +185,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         )
         state = .authenticating(pending: [])
         let authenticator = broker.authenticator
+        if let known = authenticator.authenticateImmediately(credentials) {
+            finishConnect(connect, clientID: clientID, assignedIdentifier: assignedIdentifier, outcome: known)
+            return
+        }
         let outcome = eventLoop.makePromise(of: AuthenticationOutcome.self)
         outcome.completeWithTask { await authenticator.authenticate(credentials) }
         outcome.futureResult.assumeIsolatedUnsafeUnchecked().whenSuccess { [self] result in

@@ -1,5 +1,7 @@
+import Foundation
 public import GatehouseAuth
 public import Logging
+import NIOConcurrencyHelpers
 import NIOPosix
 
 /// `token`: an opaque API token (`gth_…`) as the MQTT password. The user name may be empty or
@@ -15,27 +17,41 @@ public struct TokenAuthenticator: Authenticator {
 
     public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
         guard let password = credentials.password, APIToken.looksLikeToken(password) else { return .skipped }
-        let match: CredentialMatch?
-        do {
-            // A lookup by SHA-256: the index compares digests, never the token itself.
-            match = try await store.tokenMatch(digest: APIToken.digest(password))
-        } catch {
-            logger.error("token lookup failed", metadata: ["error": "\(error)"])
+        // A lookup by SHA-256: the table compares digests, never the token itself.
+        let digest = APIToken.digest(password)
+        let verdict = await store.decideWithFreshState { snapshot in
+            Self.decide(snapshot.tokens[Data(digest)], credentials)
+        }
+        switch verdict {
+        case .success(let principal): return .accepted(principal)
+        case .failure(let reason):
+            logger.info(
+                "token refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
             return .rejected
         }
-        guard let match else { return refuse("unknown or revoked token", credentials) }
-        if let username = credentials.username, !username.isEmpty, username != match.identity.name {
-            return refuse("user name is not the token's identity", credentials)
-        }
-        guard let principal = match.principal(clientIdentifier: credentials.clientIdentifier) else {
-            return refuse("identity disabled, token expired or client id not allowed", credentials)
-        }
+    }
+
+    /// Accepts from the cached snapshot at once; a refusal takes the asynchronous way, which may
+    /// find the store changed since.
+    public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        guard let password = credentials.password, APIToken.looksLikeToken(password) else { return .skipped }
+        guard let snapshot = store.cachedSnapshot.withLockedValue({ $0 }),
+            case .success(let principal) = Self.decide(snapshot.tokens[Data(APIToken.digest(password))], credentials)
+        else { return nil }
         return .accepted(principal)
     }
 
-    private func refuse(_ reason: String, _ credentials: ConnectCredentials) -> AuthenticationOutcome {
-        logger.info("token refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
-        return .rejected
+    private static func decide(_ match: CredentialMatch?, _ credentials: ConnectCredentials) -> Result<
+        Principal, IAMError
+    > {
+        guard let match else { return .failure(IAMError("unknown or revoked token")) }
+        if let username = credentials.username, !username.isEmpty, username != match.identity.name {
+            return .failure(IAMError("user name is not the token's identity"))
+        }
+        guard let principal = match.principal(clientIdentifier: credentials.clientIdentifier) else {
+            return .failure(IAMError("identity disabled, token expired or client id not allowed"))
+        }
+        return .success(principal)
     }
 }
 
@@ -49,6 +65,10 @@ public struct PasswordAuthenticator: Authenticator {
     public init(store: IdentityStore, logger: Logger) {
         self.store = store
         self.logger = logger
+    }
+
+    public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        credentials.username == nil || credentials.password == nil ? .skipped : nil
     }
 
     public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
@@ -91,6 +111,10 @@ public struct CertificateAuthenticator: Authenticator {
     public init(store: IdentityStore, logger: Logger) {
         self.store = store
         self.logger = logger
+    }
+
+    public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        credentials.clientCertificate == nil ? .skipped : nil
     }
 
     public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {

@@ -92,8 +92,7 @@ extension IdentityStore {
 
     /// Roles granted directly and through groups.
     static func effectiveRoles(_ db: Database, identityID: String) throws -> [String] {
-        try String.fetchAll(
-            db,
+        let statement = try db.cachedStatement(
             sql: """
                 SELECT role FROM identity_role WHERE identity_id = ?
                 UNION
@@ -101,8 +100,8 @@ extension IdentityStore {
                 JOIN group_member ON group_member.group_id = group_role.group_id
                 WHERE group_member.identity_id = ?
                 ORDER BY 1
-                """,
-            arguments: [identityID, identityID])
+                """)
+        return try String.fetchAll(statement, arguments: [identityID, identityID])
     }
 
     public func identities(tenant: String? = nil) throws -> [Identity] {

@@ -32,14 +32,7 @@ extension IdentityStore {
     }
 
     func tokenMatch(digest: [UInt8]) async throws -> CredentialMatch? {
-        try await readAsync { db in
-            let row = try Row.fetchOne(
-                db,
-                sql: Self.matchColumns
-                    + " WHERE credential.kind = 'token' AND credential.secret_hash = ? AND credential.revoked_at IS NULL",
-                arguments: [Data(digest)])
-            return try row.map { try Self.match(db, $0) }
-        }
+        try await snapshot().tokens[Data(digest)]
     }
 
     func passwordMatch(username: String) async throws -> (match: CredentialMatch, hash: [UInt8], kdf: String)? {
@@ -84,20 +77,9 @@ extension IdentityStore {
 
     /// The identity named `name` with its tenant's state, for JWTs that Gatehouse issued.
     func identityMatch(named name: String, credentialID: String) async throws -> CredentialMatch? {
-        try await readAsync { db in
-            guard
-                let row = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT identity.*, tenant.enabled AS tenant_enabled FROM identity
-                        JOIN tenant ON tenant.name = identity.tenant WHERE identity.name = ?
-                        """,
-                    arguments: [name])
-            else { return nil }
-            return CredentialMatch(
-                identity: try Self.identity(db, row: row), tenantEnabled: row["tenant_enabled"],
-                credentialID: credentialID)
-        }
+        guard var match = try await snapshot().identities[name] else { return nil }
+        match.credentialID = credentialID
+        return match
     }
 
     /// Whether a connected principal is still what the store says now: same identity enabled
@@ -108,13 +90,14 @@ extension IdentityStore {
         if credentialID.hasPrefix("jwt:") {
             return await jwtPrincipalIsStillValid(principal, credentialID: credentialID)
         }
-        let state = try? await readAsync { db -> (revoked: Bool, enabled: Bool, limited: String?)? in
+        let state = try? await readAsync {
+            db -> (revoked: Bool, enabled: Bool, limited: String?, clientIDs: String?)? in
             guard
                 let row = try Row.fetchOne(
                     db,
                     sql: """
                         SELECT credential.revoked_at, credential.roles AS limited_roles, identity.enabled,
-                               tenant.enabled AS tenant_enabled
+                               identity.client_id_pattern, tenant.enabled AS tenant_enabled
                         FROM credential JOIN identity ON identity.id = credential.identity_id
                         JOIN tenant ON tenant.name = identity.tenant
                         WHERE credential.id = ? AND identity.id = ?
@@ -123,10 +106,12 @@ extension IdentityStore {
             else { return nil }
             return (
                 row["revoked_at"] as Int64? != nil, row["enabled"] as Bool && row["tenant_enabled"] as Bool,
-                row["limited_roles"]
+                row["limited_roles"], row["client_id_pattern"]
             )
         }
         guard let state = state ?? nil, !state.revoked, state.enabled,
+            ClientIDPattern.allows(
+                state.clientIDs, name: principal.username, clientIdentifier: principal.clientIdentifier),
             let roles = try? await currentRoles(identityID: principal.identityID)
         else { return false }
         let granted =

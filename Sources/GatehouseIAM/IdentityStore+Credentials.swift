@@ -149,14 +149,15 @@ extension IdentityStore {
     }
 
     public func issuers() throws -> [TrustedIssuer] {
-        try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM trusted_issuer ORDER BY issuer").map { row in
-                TrustedIssuer(
-                    issuer: row["issuer"], audience: row["audience"], jwks: row["jwks"], hmacSecret: row["hmac_secret"],
-                    subjectClaim: row["subject_claim"], tenantClaim: row["tenant_claim"],
-                    rolesClaim: row["roles_claim"],
-                    defaultTenant: row["default_tenant"])
-            }
+        try read { db in try Self.trustedIssuers(db) }
+    }
+
+    static func trustedIssuers(_ db: Database) throws -> [TrustedIssuer] {
+        try Row.fetchAll(db, sql: "SELECT * FROM trusted_issuer ORDER BY issuer").map { row in
+            TrustedIssuer(
+                issuer: row["issuer"], audience: row["audience"], jwks: row["jwks"], hmacSecret: row["hmac_secret"],
+                subjectClaim: row["subject_claim"], tenantClaim: row["tenant_claim"], rolesClaim: row["roles_claim"],
+                defaultTenant: row["default_tenant"])
         }
     }
 }

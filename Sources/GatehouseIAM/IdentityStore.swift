@@ -1,5 +1,7 @@
 import Foundation
 import GRDB
+import NIOConcurrencyHelpers
+import NIOPosix
 
 /// The embedded identity store: one SQLite file (WAL), versioned migrations, an audit row for
 /// every change. The CLI and the running broker open the same file; the broker follows the
@@ -7,6 +9,8 @@ import GRDB
 public final class IdentityStore: Sendable {
     public let path: String
     let database: DatabasePool
+    /// The authenticators' in-memory view; nil after a write here, until the next use.
+    let cachedSnapshot = NIOLockedValueBox<IdentitySnapshot?>(nil)
 
     /// The store's file in a data directory.
     public static func defaultPath(dataDirectory: String) -> String {
@@ -126,6 +130,7 @@ public final class IdentityStore: Sendable {
     /// Runs `body` in one write transaction; `conflict` is the message when it would duplicate
     /// a unique name.
     func write<T>(conflict: String? = nil, _ body: (Database) throws -> T) throws -> T {
+        defer { cachedSnapshot.withLockedValue { $0 = nil } }
         do {
             return try database.write(body)
         } catch let error as IAMError {
@@ -150,9 +155,24 @@ public final class IdentityStore: Sendable {
         }
     }
 
-    /// For the authenticators: off the caller's thread, on GRDB's reader pool.
+    /// Threads for database work from async code. SQLite calls block, and GRDB's pool waits on
+    /// a semaphore for a free reader: on Swift's cooperative threads (two on a 2-core machine)
+    /// a burst of CONNECTs would block them all and deadlock.
+    private static let databaseThreads: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 4)
+        pool.start()
+        return pool
+    }()
+
+    /// Runs blocking store work on the store's own threads.
+    public func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await Self.databaseThreads.runIfActive(body)
+    }
+
+    /// A read for the authenticators, on the store's threads.
     func readAsync<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await database.read(body)
+        let database = self.database
+        return try await offloaded { try database.read(body) }
     }
 
     static func audit(

@@ -4,79 +4,73 @@ import GRDB
 public import GatehouseAuth
 import JWTKit
 public import Logging
+import NIOConcurrencyHelpers
 
-/// The claims of any JWT, kept as JSON values so that each issuer's claim names can be read.
-struct FlexibleClaims: JWTPayload {
-    enum Value: Codable, Sendable, Equatable {
-        case string(String)
-        case number(Double)
-        case bool(Bool)
-        case array([Value])
-        case object([String: Value])
-        case null
+/// The claims of a JWT as its JSON object, so that each issuer's claim names can be read.
+/// Parsed once with `JSONSerialization`: decoding an open-ended claim set through `Codable`
+/// cost more than the signature check.
+struct JWTClaims {
+    let object: [String: Any]
 
-        init(from decoder: any Decoder) throws {
-            let container = try decoder.singleValueContainer()
-            if container.decodeNil() {
-                self = .null
-            } else if let value = try? container.decode(Bool.self) {
-                self = .bool(value)
-            } else if let value = try? container.decode(Double.self) {
-                self = .number(value)
-            } else if let value = try? container.decode(String.self) {
-                self = .string(value)
-            } else if let value = try? container.decode([Value].self) {
-                self = .array(value)
-            } else {
-                self = .object(try container.decode([String: Value].self))
+    /// The payload of `token`, read without checking anything (the signature is checked later
+    /// over exactly these bytes).
+    init?(token: String) {
+        let parts = token.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        guard parts.count == 3, let json = Self.base64URLDecoded(parts[1]),
+            let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any]
+        else { return nil }
+        self.object = object
+    }
+
+    /// base64url without padding (RFC 7515 §2), decoded by table: Foundation's string
+    /// rewriting to reach `Data(base64Encoded:)` cost more than the signature check.
+    static func base64URLDecoded(_ text: Substring.UTF8View) -> [UInt8]? {
+        var output: [UInt8] = []
+        output.reserveCapacity(text.count * 3 / 4)
+        var accumulator: UInt32 = 0
+        var bits = 0
+        for character in text {
+            let value: UInt8
+            switch character {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = character - UInt8(ascii: "A")
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = character - UInt8(ascii: "a") + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = character - UInt8(ascii: "0") + 52
+            case UInt8(ascii: "-"): value = 62
+            case UInt8(ascii: "_"): value = 63
+            default: return nil
+            }
+            accumulator = accumulator << 6 | UInt32(value)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                output.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
             }
         }
-
-        func encode(to encoder: any Encoder) throws {
-            var container = encoder.singleValueContainer()
-            switch self {
-            case .string(let value): try container.encode(value)
-            case .number(let value): try container.encode(value)
-            case .bool(let value): try container.encode(value)
-            case .array(let value): try container.encode(value)
-            case .object(let value): try container.encode(value)
-            case .null: try container.encodeNil()
-            }
-        }
+        return output
     }
 
-    var claims: [String: Value]
-
-    init(from decoder: any Decoder) throws {
-        claims = try decoder.singleValueContainer().decode([String: Value].self)
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(claims)
-    }
-
-    /// Time and audience checks happen after verification, against the issuer's settings.
-    func verify(using algorithm: some JWTAlgorithm) async throws {}
-
-    func string(_ name: String) -> String? {
-        if case .string(let value) = claims[name] { return value }
-        return nil
-    }
+    func string(_ name: String) -> String? { object[name] as? String }
 
     func number(_ name: String) -> Double? {
-        if case .number(let value) = claims[name] { return value }
-        return nil
+        guard let number = object[name] as? NSNumber, !(object[name] is Bool) else { return nil }
+        return number.doubleValue
     }
 
     /// An array of strings, or one string of space- or comma-separated values (OAuth2 `scope`).
     func strings(_ name: String) -> [String] {
-        switch claims[name] {
-        case .array(let values): values.compactMap { if case .string(let text) = $0 { text } else { nil } }
-        case .string(let text): text.split(whereSeparator: { $0 == " " || $0 == "," }).map(String.init)
-        default: []
+        if let values = object[name] as? [Any] { return values.compactMap { $0 as? String } }
+        if let text = object[name] as? String {
+            return text.split(whereSeparator: { $0 == " " || $0 == "," }).map(String.init)
         }
+        return []
     }
+}
+
+/// For jwt-kit: only the signature is checked; the claims are read from `JWTClaims`.
+struct SignatureOnly: JWTPayload {
+    init(from decoder: any Decoder) throws {}
+    func encode(to encoder: any Encoder) throws {}
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
 
 /// The claims of a JWT that Gatehouse issues.
@@ -136,7 +130,7 @@ public struct JWTIssuer: Sendable {
         if let current = try store.read({ db in
             try Row.fetchOne(
                 db,
-                sql: "SELECT kid, private_key_pem FROM signing_key WHERE retired_at IS NULL ORDER BY created_at DESC")
+                sql: "SELECT kid, private_key_pem FROM signing_key WHERE retired_at IS NULL ORDER BY rowid DESC")
         }) {
             return (current["kid"], current["private_key_pem"])
         }
@@ -162,7 +156,7 @@ public struct JWTIssuer: Sendable {
     static func verificationKeys(in store: IdentityStore) async throws -> JWTKeyCollection {
         let rows = try await store.readAsync { db in
             try Row.fetchAll(
-                db, sql: "SELECT kid, private_key_pem FROM signing_key ORDER BY created_at DESC LIMIT 2"
+                db, sql: "SELECT kid, private_key_pem FROM signing_key ORDER BY rowid DESC LIMIT 2"
             ).map { (kid: $0["kid"] as String, pem: $0["private_key_pem"] as String) }
         }
         let keys = JWTKeyCollection()
@@ -177,128 +171,123 @@ public struct JWTIssuer: Sendable {
 /// signature, `exp` (required), `nbf`, `iss` and `aud` are checked; `alg: none` and keys of
 /// another algorithm than the issuer registered are refused by construction (each issuer's
 /// collection holds only its own keys).
-public actor JWTAuthenticator: Authenticator {
+public final class JWTAuthenticator: Authenticator {
     private let store: IdentityStore
     private let logger: Logger
-    /// Keys per issuer, rebuilt when the store changes.
-    private var cache: [String: (keys: JWTKeyCollection, issuer: TrustedIssuer?)] = [:]
-    private var cachedAt: Int64 = -1
+    /// Keys per issuer, for the snapshot sequence they were built from.
+    private let cache = NIOLockedValueBox<(sequence: Int64, keys: [String: JWTKeyCollection])>((-1, [:]))
 
     public init(store: IdentityStore, logger: Logger) {
         self.store = store
         self.logger = logger
     }
 
+    public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        guard let password = credentials.password, Self.looksLikeJWT(password) else { return .skipped }
+        return nil
+    }
+
     public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
         guard let password = credentials.password, Self.looksLikeJWT(password) else { return .skipped }
         let token = String(decoding: password, as: UTF8.self)
-        guard let unverified = Self.unverifiedClaims(token), let issuer = unverified.string("iss")
-        else { return refuse("unreadable JWT", credentials) }
-        let entry: (keys: JWTKeyCollection, issuer: TrustedIssuer?)
-        do {
-            guard let found = try await keys(for: issuer) else {
-                return refuse("untrusted issuer '\(issuer)'", credentials)
-            }
-            entry = found
-        } catch {
-            logger.error("JWT keys unavailable", metadata: ["issuer": "\(issuer)", "error": "\(error)"])
+        guard let claims = JWTClaims(token: token), let issuerName = claims.string("iss") else {
+            logger.info(
+                "JWT refused", metadata: ["reason": "unreadable", "client_id": "\(credentials.clientIdentifier)"])
             return .rejected
         }
-        let claims: FlexibleClaims
+        let verdict = await store.decideWithFreshState { snapshot in
+            await self.decide(token: token, claims: claims, issuerName: issuerName, snapshot: snapshot, credentials)
+        }
+        switch verdict {
+        case .success(let principal): return .accepted(principal)
+        case .failure(let reason):
+            logger.info(
+                "JWT refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
+            return .rejected
+        }
+    }
+
+    private func decide(
+        token: String, claims: JWTClaims, issuerName: String, snapshot: IdentitySnapshot,
+        _ credentials: ConnectCredentials
+    ) async -> Result<Principal, IAMError> {
+        let trusted = snapshot.issuers[issuerName]
+        guard issuerName == JWTIssuer.issuerName || trusted != nil else {
+            return .failure(IAMError("untrusted issuer '\(issuerName)'"))
+        }
         do {
-            claims = try await entry.keys.verify(token, as: FlexibleClaims.self)
+            let keys = try await keyCollection(for: issuerName, trusted: trusted, sequence: snapshot.sequence)
+            _ = try await keys.verify(token, as: SignatureOnly.self)
         } catch {
-            return refuse("signature not verified (\(error))", credentials)
+            return .failure(IAMError("signature not verified (\(error))"))
         }
-        let audience = entry.issuer?.audience ?? JWTIssuer.audience
         let moment = Double(now())
-        guard claims.string("iss") == issuer, claims.strings("aud").contains(audience) else {
-            return refuse("wrong issuer or audience", credentials)
+        guard claims.strings("aud").contains(trusted?.audience ?? JWTIssuer.audience) else {
+            return .failure(IAMError("wrong audience"))
         }
-        guard let expiry = claims.number("exp") else { return refuse("no 'exp' claim", credentials) }
-        guard expiry > moment else { return refuse("expired", credentials) }
-        if let notBefore = claims.number("nbf"), notBefore > moment + 5 { return refuse("not yet valid", credentials) }
-        if let principal = await principal(from: claims, issuer: entry.issuer, expiry: Int64(expiry), credentials) {
-            return .accepted(principal)
-        }
-        return .rejected
+        guard let expiry = claims.number("exp") else { return .failure(IAMError("no 'exp' claim")) }
+        guard expiry > moment else { return .failure(IAMError("expired")) }
+        if let notBefore = claims.number("nbf"), notBefore > moment + 5 { return .failure(IAMError("not yet valid")) }
+        return principal(from: claims, issuer: trusted, snapshot: snapshot, expiry: Int64(expiry), credentials)
     }
 
     private func principal(
-        from claims: FlexibleClaims, issuer: TrustedIssuer?, expiry: Int64, _ credentials: ConnectCredentials
-    ) async -> Principal? {
+        from claims: JWTClaims, issuer: TrustedIssuer?, snapshot: IdentitySnapshot, expiry: Int64,
+        _ credentials: ConnectCredentials
+    ) -> Result<Principal, IAMError> {
         guard let issuer else {
             // Issued here: the identity must exist and be enabled, and keep the token's roles.
-            guard let subject = claims.string("sub"),
-                let match = try? await store.identityMatch(named: subject, credentialID: "jwt:\(JWTIssuer.issuerName)"),
-                var principal = match.principal(clientIdentifier: credentials.clientIdentifier)
-            else {
-                _ = refuse("identity unknown, disabled or not allowed this client id", credentials)
-                return nil
+            guard let subject = claims.string("sub"), var match = snapshot.identities[subject] else {
+                return .failure(IAMError("unknown identity"))
             }
             if let username = credentials.username, !username.isEmpty, username != subject {
-                _ = refuse("user name is not the token's subject", credentials)
-                return nil
+                return .failure(IAMError("user name is not the token's subject"))
+            }
+            match.credentialID = "jwt:\(JWTIssuer.issuerName)"
+            guard var principal = match.principal(clientIdentifier: credentials.clientIdentifier) else {
+                return .failure(IAMError("identity disabled or client id not allowed"))
             }
             let roles = claims.strings("roles")
             guard Set(roles).isSubset(of: principal.roles) else {
-                _ = refuse("token claims roles the identity no longer has", credentials)
-                return nil
+                return .failure(IAMError("token claims roles the identity no longer has"))
             }
             principal.roles = roles
             principal.expiresAt = expiry
-            return principal
+            return .success(principal)
         }
         guard let subject = claims.string(issuer.subjectClaim), !subject.isEmpty,
             let tenant = claims.string(issuer.tenantClaim) ?? issuer.defaultTenant
-        else {
-            _ = refuse("no subject or tenant claim", credentials)
-            return nil
-        }
+        else { return .failure(IAMError("no subject or tenant claim")) }
         if let username = credentials.username, !username.isEmpty, username != subject {
-            _ = refuse("user name is not the token's subject", credentials)
-            return nil
+            return .failure(IAMError("user name is not the token's subject"))
         }
         // External subjects get an identity id of their own, so that they can never own a
         // session of a local identity with the same name.
         let issuerDigest = SHA256.hash(data: Array(issuer.issuer.utf8)).prefix(6).map { String(format: "%02x", $0) }
-        return Principal(
-            identityID: "ext-\(issuerDigest.joined())-\(subject)", username: subject,
-            clientIdentifier: credentials.clientIdentifier, tenant: tenant,
-            roles: claims.strings(issuer.rolesClaim).sorted(), credentialID: "jwt:\(issuer.issuer)", expiresAt: expiry)
+        return .success(
+            Principal(
+                identityID: "ext-\(issuerDigest.joined())-\(subject)", username: subject,
+                clientIdentifier: credentials.clientIdentifier, tenant: tenant,
+                roles: claims.strings(issuer.rolesClaim).sorted(), credentialID: "jwt:\(issuer.issuer)",
+                expiresAt: expiry))
     }
 
-    private func keys(for issuer: String) async throws -> (keys: JWTKeyCollection, issuer: TrustedIssuer?)? {
-        let latest = try store.latestChange()
-        if latest != cachedAt {
-            cache = [:]
-            cachedAt = latest
+    private func keyCollection(for issuer: String, trusted: TrustedIssuer?, sequence: Int64) async throws
+        -> JWTKeyCollection
+    {
+        let cached = cache.withLockedValue { cache -> JWTKeyCollection? in
+            if cache.sequence != sequence { cache = (sequence, [:]) }
+            return cache.keys[issuer]
         }
-        if let cached = cache[issuer] { return cached }
-        let entry: (keys: JWTKeyCollection, issuer: TrustedIssuer?)
-        if issuer == JWTIssuer.issuerName {
-            entry = (try await JWTIssuer.verificationKeys(in: store), nil)
-        } else {
-            guard let trusted = try store.issuers().first(where: { $0.issuer == issuer }) else { return nil }
-            entry = (try await trusted.keyCollection(), trusted)
+        if let cached { return cached }
+        let keys =
+            if let trusted { try await trusted.keyCollection() } else {
+                try await JWTIssuer.verificationKeys(in: store)
+            }
+        cache.withLockedValue { cache in
+            if cache.sequence == sequence { cache.keys[issuer] = keys }
         }
-        cache[issuer] = entry
-        return entry
-    }
-
-    private func refuse(_ reason: String, _ credentials: ConnectCredentials) -> AuthenticationOutcome {
-        logger.info("JWT refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
-        return .rejected
-    }
-
-    /// The payload read without checking anything: only to pick the issuer's keys.
-    static func unverifiedClaims(_ token: String) -> FlexibleClaims? {
-        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3 else { return nil }
-        var base64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
-        guard let json = Data(base64Encoded: base64) else { return nil }
-        return try? JSONDecoder().decode(FlexibleClaims.self, from: json)
+        return keys
     }
 
     /// Three base64url parts, the header a JSON object (`eyJ` is `{"`).

@@ -69,13 +69,10 @@ public struct TLSServerContext: Sendable {
         }
         let key: NIOSSLPrivateKey
         do {
-            if let password = settings.keyPassword {
-                key = try NIOSSLPrivateKey(file: settings.keyFile, format: .pem) { setter in
-                    setter(Array(password.utf8))
-                }
-            } else {
-                key = try NIOSSLPrivateKey(file: settings.keyFile, format: .pem)
-            }
+            // Always through the callback: without one BoringSSL would prompt on the terminal
+            // for an encrypted key. No password configured means an empty one, which fails.
+            let password = Array((settings.keyPassword ?? "").utf8)
+            key = try NIOSSLPrivateKey(file: settings.keyFile, format: .pem) { setter in setter(password) }
         } catch {
             throw TLSSetupError(
                 description: "cannot read private key '\(settings.keyFile)' (wrong password or not PEM?): \(error)")

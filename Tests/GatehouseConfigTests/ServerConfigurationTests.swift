@@ -77,6 +77,23 @@ struct ServerConfigurationTests {
         #expect(resolved.listeners[0].tls?.clientCertificates == TLSSettings.ClientCertificates.none)
     }
 
+    @Test("authentication methods, their order, the back-off and the identity store's path")
+    func authentication() throws {
+        let text = """
+            iam_database: /var/lib/gatehouse/identities.sqlite
+            authentication:
+              methods: [token, password]
+              backoff_base_ms: 0
+              backoff_max_ms: 1000
+            """
+        let configuration = try ServerConfiguration.parse(text, file: "g.yaml")
+        #expect(configuration.iamDatabase == "/var/lib/gatehouse/identities.sqlite")
+        #expect(configuration.authentication.methods == ["token", "password"])
+        #expect(configuration.authentication.backoffBaseMilliseconds == 0)
+        #expect(configuration.authentication.backoffMaximumMilliseconds == 1_000)
+        #expect(ServerConfiguration().authentication.methods == ["certificate", "token", "jwt", "password"])
+    }
+
     @Test("an empty file keeps every default")
     func empty() throws {
         #expect(try ServerConfiguration.parse("", file: "g.yaml") == ServerConfiguration())
@@ -113,6 +130,10 @@ struct ServerConfigurationTests {
             ),
             ("listeners:\n  - url: wss://x:1\n    tls: {cert: c}", "g.yaml:3:11: unknown key 'cert' in 'tls'"),
             ("listeners: []", "g.yaml:1:12: 'listeners' needs at least one URL"),
+            ("authentication:\n  methods: [token, ldap]", "g.yaml:2:20: 'ldap' is not a method, or is listed twice"),
+            ("authentication:\n  methods: [token, token]", "g.yaml:2:20: 'token' is not a method, or is listed twice"),
+            ("authentication:\n  backoff_max_ms: -1", "g.yaml:2:19: 'backoff_max_ms' must be between 0 and 3600000"),
+            ("authentication:\n  order: [token]", "g.yaml:2:3: unknown key 'order' in 'authentication'"),
             ("- a\n- b", "g.yaml:1:1: the top level must be a mapping of keys"),
             ("limits: 5", "g.yaml:1:9: 'limits' must be a mapping of keys"),
             ("a: [", "g.yaml: not valid YAML"),

@@ -2,9 +2,10 @@ import Crypto
 import Foundation
 import GatehouseAuth
 import GatehouseCertificates
-import GatehouseIAM
 import JWTKit
 import Testing
+
+@testable import GatehouseIAM
 
 /// Claims an external issuer might put in its tokens; nil claims are left out.
 struct ExternalClaims: JWTPayload {
@@ -192,5 +193,20 @@ enum PEMBytes {
     static func der(_ pem: String) throws -> [UInt8] {
         let body = pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
         return Array(try #require(Data(base64Encoded: body)))
+    }
+}
+
+@Suite("JWT parts")
+struct JWTPartsTests {
+    @Test("base64url decodes every alphabet character and refuses others")
+    func base64URL() throws {
+        let samples: [[UInt8]] = [[], [0], [0xFF, 0xFE], Array("{\"a\":1}".utf8), Array(0...255)]
+        for bytes in samples {
+            let encoded = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+            #expect(JWTClaims.base64URLDecoded(Substring(encoded).utf8) == bytes)
+        }
+        #expect(JWTClaims.base64URLDecoded(Substring("ab+c").utf8) == nil)
+        #expect(JWTClaims.base64URLDecoded(Substring("ab=").utf8) == nil)
     }
 }

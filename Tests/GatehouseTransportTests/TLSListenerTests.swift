@@ -109,6 +109,32 @@ struct TLSListenerTests {
         #expect(presented.clientIdentifier == "sensor-7")
     }
 
+    @Test("an encrypted key loads with its password and is refused without it")
+    func encryptedKey() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tls-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try CertificateAuthority.create().issue(commonName: "localhost", usage: .server)
+        try server.certificatePEM.write(toFile: "\(directory)/s.pem", atomically: true, encoding: .utf8)
+        try writeSecret(server.privateKeyPEM, to: "\(directory)/plain.key")
+        // openssl encrypts it as an operator would (PKCS#8, AES-256).
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        openssl.arguments = [
+            "openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "\(directory)/plain.key",
+            "-out", "\(directory)/encrypted.key", "-passout", "pass:open sesame",
+        ]
+        try openssl.run()
+        openssl.waitUntilExit()
+        try #require(openssl.terminationStatus == 0)
+        var settings = TLSSettings(
+            certificateFile: "\(directory)/s.pem", keyFile: "\(directory)/encrypted.key", keyPassword: "open sesame",
+            clientCertificates: .none)
+        _ = try TLSServerContext.load(settings)
+        settings.keyPassword = "wrong"
+        #expect(throws: TLSSetupError.self) { try TLSServerContext.load(settings) }
+    }
+
     @Test("a broken or mismatched file is refused with its name; a good reload replaces the context")
     func loadErrors() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tls-\(UUID())").path

@@ -190,6 +190,7 @@ struct IAMTests {
         #expect(resumed.output.contains("private"), "\(resumed.output)")
 
         try await iam(broker, ["identity", "client-ids", "intruder", "%u-*"])
+        try await Task.sleep(for: .milliseconds(600))  // the broker's view follows the store within 250 ms
         #expect(try await publish(broker.port, ["-u", "intruder", "-P", intruder, "-i", "intruder-7"]).status == 0)
         #expect(try await publish(broker.port, ["-u", "intruder", "-P", intruder, "-i", "owner-7"]).status != 0)
         #expect(try await broker.stop() == 0)
