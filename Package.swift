@@ -59,6 +59,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "GatehouseACL",
+            dependencies: ["GatehouseAuth", "MQTTCore", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "GatehouseIAM",
             dependencies: [
                 "GatehouseAuth", "GatehouseCertificates",
@@ -103,7 +108,7 @@ let package = Package(
             name: "gatehouse",
             dependencies: [
                 "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig", "GatehouseCertificates",
-                "GatehouseIAM",
+                "GatehouseIAM", "GatehouseACL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -125,6 +130,8 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(name: "GatehouseAuthTests", dependencies: ["GatehouseAuth"], swiftSettings: strictSettings),
+        .testTarget(
+            name: "GatehouseACLTests", dependencies: ["GatehouseACL", "GatehouseAuth"], swiftSettings: strictSettings),
         .testTarget(
             name: "GatehouseIAMTests",
             dependencies: [

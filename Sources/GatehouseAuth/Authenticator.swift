@@ -51,7 +51,7 @@ public struct AuthenticatorChain: Authenticator {
     }
 }
 
-/// Accepts every connection as the tenant `default` with no roles. Only for deployments that
+/// Accepts every connection as the tenant `default` with the role `anonymous`. Only for deployments that
 /// turn anonymous access on explicitly.
 public struct AnonymousAuthenticator: Authenticator {
     public init() {}
@@ -71,7 +71,7 @@ public struct AnonymousAuthenticator: Authenticator {
                 username: credentials.username ?? "anonymous",
                 clientIdentifier: credentials.clientIdentifier,
                 tenant: "default",
-                roles: []
+                roles: ["anonymous"]
             )
         )
     }

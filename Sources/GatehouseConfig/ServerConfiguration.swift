@@ -19,6 +19,8 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var authentication = Authentication()
     /// The identity store; nil means `DATA_DIR/iam.sqlite`.
     public var iamDatabase: String?
+    /// The topic ACL file; nil means `./acl/default.acl`, or the built-in default when that is absent.
+    public var aclFile: String?
 
     /// How CONNECT is authenticated: the methods in order, and the back-off after failures.
     public struct Authentication: Sendable, Equatable {
@@ -139,7 +141,7 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 extension ServerConfiguration {
     private static let topLevelKeys = [
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
-        "iam_database",
+        "iam_database", "acl",
     ]
     private static let authenticationKeys = ["methods", "backoff_base_ms", "backoff_max_ms"]
     private static let limitKeys = [
@@ -182,6 +184,7 @@ extension ServerConfiguration {
                 configuration.logLevel = level
             case "sys_interval": configuration.sysInterval = try reader.int(value, key, in: 0...86_400)
             case "iam_database": configuration.iamDatabase = try reader.string(value, key)
+            case "acl": configuration.aclFile = try reader.string(value, key)
             case "authentication":
                 for (authenticationKey, authenticationValue) in try reader.mapping(value, "'authentication'") {
                     let name = try reader.key(authenticationKey, allowed: authenticationKeys, section: "authentication")

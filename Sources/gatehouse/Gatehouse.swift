@@ -14,7 +14,7 @@ struct Gatehouse: AsyncParsableCommand {
             'gatehouse certs dev' for development certificates.
             """,
         version: GatehouseVersion.current,
-        subcommands: [Serve.self, IAM.self, Certs.self]
+        subcommands: [Serve.self, IAM.self, ACL.self, Certs.self]
     )
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GatehouseACL
 import GatehouseAuth
 import GatehouseBroker
 import GatehouseCertificates
@@ -51,6 +52,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds between updates of the $SYS/broker/... topics; 0 turns them off.")
     var sysInterval: Int?
 
+    @Option(help: ArgumentHelp("The topic ACL file (overrides the configuration's 'acl').", valueName: "file"))
+    var acl: String?
+
     @Flag(help: "Also accept clients that present no credentials. Development only.")
     var allowAnonymous = false
 
@@ -93,6 +97,7 @@ struct Serve: AsyncParsableCommand {
             settings.sysInterval = sysInterval
         }
         if allowAnonymous { settings.allowAnonymous = true }
+        if let acl { settings.aclFile = acl }
         if let logLevel { settings.logLevel = logLevel.rawValue }
         return settings
     }
@@ -120,10 +125,19 @@ struct Serve: AsyncParsableCommand {
         if settings.allowAnonymous {
             logger.warning("ANONYMOUS ACCESS IS ON: clients without credentials may connect and use every topic")
         }
+        let aclFile = try resolveACLFile(settings, logger: logger)
+        let authorizer: ACLAuthorizer
+        do {
+            let table = try ACLTable.load(file: aclFile)
+            logger.info("ACL loaded", metadata: ["file": "\(aclFile)", "rules": "\(table.ruleCount)"])
+            authorizer = ACLAuthorizer(table)
+        } catch {
+            throw ValidationError("the ACL has errors:\n\(error.description)")
+        }
         let broker = Broker(
             configuration: settings.brokerConfiguration,
             authenticator: makeAuthenticator(settings, store: store, logger: logger),
-            authorizer: AllowAllAuthorizer(), logger: logger)
+            authorizer: authorizer, logger: logger)
         let (listeners, usesDevelopmentCertificates) = settings.resolvedListeners()
         if usesDevelopmentCertificates {
             try ensureDevelopmentCertificates(in: settings.developmentCertificatesDirectory, logger: logger)
@@ -153,6 +167,7 @@ struct Serve: AsyncParsableCommand {
         // Trap SIGHUP before listening: its default action would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let reloader = ReloadOnHangup(signals: hangups, logger: logger) {
+            reloadACL(aclFile, into: authorizer, logger: logger)
             server.reloadTLS()
         }
         let services = ServiceGroup(
@@ -161,6 +176,35 @@ struct Serve: AsyncParsableCommand {
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await services.run()
+    }
+}
+
+/// The configured ACL file; else `./acl/default.acl`; else the built-in default, written to
+/// `DATA_DIR/default.acl` so that the operator can see and edit it.
+private func resolveACLFile(_ settings: ServerConfiguration, logger: Logger) throws -> String {
+    if let file = settings.aclFile { return file }
+    if FileManager.default.fileExists(atPath: "acl/default.acl") { return "acl/default.acl" }
+    let file = (settings.dataDirectory as NSString).appendingPathComponent("default.acl")
+    if !FileManager.default.fileExists(atPath: file) {
+        do { try DefaultACL.text.write(toFile: file, atomically: true, encoding: .utf8) } catch {
+            throw ValidationError("cannot write the default ACL to '\(file)': \(error.localizedDescription)")
+        }
+        logger.notice("wrote the default ACL", metadata: ["file": "\(file)"])
+    }
+    return file
+}
+
+/// SIGHUP: a valid file replaces the table at once for every connection; a file with errors is
+/// refused, each error logged with its place, and the old table stays.
+private func reloadACL(_ file: String, into authorizer: ACLAuthorizer, logger: Logger) {
+    do {
+        let table = try ACLTable.load(file: file)
+        authorizer.replace(with: table)
+        logger.notice("ACL reloaded", metadata: ["file": "\(file)", "rules": "\(table.ruleCount)"])
+    } catch {
+        for problem in error.errors { logger.error("ACL error: \(problem.description)") }
+        logger.error(
+            "ACL reload refused; the previous ACL stays in force", metadata: ["errors": "\(error.errors.count)"])
     }
 }
 

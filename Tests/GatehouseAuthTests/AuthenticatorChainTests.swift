@@ -28,13 +28,13 @@ struct AuthenticatorChainTests {
         #expect(await AuthenticatorChain([Fixed(outcome: .skipped)]).authenticate(credentials) == .rejected)
     }
 
-    @Test("anonymous access names the default tenant and grants no role")
+    @Test("anonymous access names the default tenant and grants only the role anonymous")
     func anonymous() async {
         guard case .accepted(let principal) = await AnonymousAuthenticator().authenticate(credentials) else {
             Issue.record("anonymous did not accept")
             return
         }
-        #expect(principal.tenant == "default" && principal.roles.isEmpty && principal.clientIdentifier == "c1")
+        #expect(principal.tenant == "default" && principal.roles == ["anonymous"] && principal.clientIdentifier == "c1")
     }
 
     @Test("allow-all accepts every action")

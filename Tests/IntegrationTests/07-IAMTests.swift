@@ -8,8 +8,15 @@ struct IAMTests {
     static let pahoSession = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("Clients/paho_session.py").path
 
+    /// These tests are about who may connect: the ACL lets role `device` use every topic.
+    private static let aclFile: String = {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("iam-tests-\(UUID()).acl").path
+        try? "default deny\nrole device\n  allow all #\n".write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }()
+
     private func startBroker(listeners: [String] = ["mqtt://127.0.0.1:0"]) async throws -> BrokerProcess {
-        let broker = try BrokerProcess(listeners: listeners)
+        let broker = try BrokerProcess(arguments: ["--acl", Self.aclFile], listeners: listeners)
         try await broker.waitUntilListening()
         return broker
     }

@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+
+/// The topic ACL on the wire, its reload with SIGHUP, and the operator's `gatehouse acl` tools.
+@Suite("08 topic ACL", .serialized)
+struct ACLTests {
+    private static let rules = """
+        default deny
+        role device
+          allow publish   tenants/%t/devices/%c/telemetry/#
+          allow subscribe tenants/%t/devices/%c/commands/+
+
+        """
+
+    /// A broker with `rules` in a file of its own, and a device `sensor-1` in tenant `acme`.
+    private func start() async throws -> (BrokerProcess, String, token: String) {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("acl-\(UUID()).acl").path
+        try Self.rules.write(toFile: file, atomically: true, encoding: .utf8)
+        let broker = try BrokerProcess(arguments: ["--acl", file])
+        try await broker.waitUntilListening()
+        let dataDir = broker.dataDirectory.path
+        for arguments in [
+            ["tenant", "add", "acme"],
+            ["identity", "add", "sensor-1", "--tenant", "acme", "--kind", "device", "--role", "device"],
+        ] {
+            #expect(try await runGatehouse(["iam"] + arguments + ["--data-dir", dataDir]).status == 0)
+        }
+        let token = try await runGatehouse(["iam", "token", "create", "sensor-1", "--data-dir", dataDir])
+        return (broker, file, token.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    private func device(_ port: Int, _ token: String, _ arguments: [String]) -> [String] {
+        ["-p", String(port), "-u", "sensor-1", "-P", token, "-i", "sensor-1", "-d"] + arguments
+    }
+
+    @Test(
+        "allowed topics work; a refused SUBSCRIBE gets 0x80 (3.1.1) or 0x87 (5.0), a refused QoS 1 PUBLISH 0x87 in 5.0")
+    func enforcement() async throws {
+        let (broker, _, token) = try await start()
+        let port = broker.port
+        let allowed = try await runTool(
+            "mosquitto_pub",
+            device(port, token, ["-t", "tenants/acme/devices/sensor-1/telemetry/t", "-m", "1", "-q", "1"]))
+        #expect(allowed.output.contains("received PUBACK (Mid: 1, RC:0)"), "\(allowed.output)")
+        let refused = try await runTool(
+            "mosquitto_pub",
+            device(
+                port, token, ["-V", "mqttv5", "-t", "tenants/acme/devices/sensor-2/telemetry/t", "-m", "1", "-q", "1"]))
+        #expect(refused.output.contains("RC:135"), "\(refused.output)")
+        for (version, code) in [("mqttv311", "128"), ("mqttv5", "135")] {
+            let subscribe = try await runTool(
+                "mosquitto_sub", device(port, token, ["-V", version, "-t", "tenants/acme/#", "-W", "2"]))
+            #expect(subscribe.output.contains("Subscribed (mid: 1): \(code)"), "\(subscribe.output)")
+        }
+        #expect(try await broker.stop() == 0)
+    }
+
+    @Test("SIGHUP applies a valid file at once; a broken one is refused with its line and the old ACL stays")
+    func reload() async throws {
+        let (broker, file, token) = try await start()
+        let port = broker.port
+        let other = ["-t", "tenants/acme/shared/news", "-m", "1", "-q", "1", "-V", "mqttv5"]
+        #expect(try await runTool("mosquitto_pub", device(port, token, other)).output.contains("RC:135"))
+
+        try (Self.rules + "  allow publish tenants/%t/shared/#\n").write(
+            toFile: file, atomically: true, encoding: .utf8)
+        let reload = try await runGatehouse(["acl", "reload", "--data-dir", broker.dataDirectory.path])
+        #expect(reload.status == 0, "\(reload.standardError)")
+        try await broker.waitForLog("ACL reloaded")
+        let afterReload = try await runTool("mosquitto_pub", device(port, token, other))
+        // Accepted: 0x10 "no matching subscribers" in 5.0, never 0x87.
+        #expect(afterReload.output.contains("RC:16"), "\(afterReload.output)")
+
+        try (Self.rules + "  allow publish tenants/%t/shared/#\n  allow shout x\n").write(
+            toFile: file, atomically: true, encoding: .utf8)
+        kill(broker.process.processIdentifier, SIGHUP)
+        try await broker.waitForLog("ACL reload refused; the previous ACL stays in force")
+        #expect(broker.log.contains("ACL error: \(file):6:9: expected publish, subscribe, read or all"))
+        let afterRefusal = try await runTool("mosquitto_pub", device(port, token, other))
+        #expect(afterRefusal.output.contains("RC:16"), "\(afterRefusal.output)")
+        #expect(try await broker.stop() == 0)
+    }
+
+    @Test("acl lint lists every error and exits 1; acl check prints the decision and the deciding rule")
+    func tools() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("acl-tools-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let good = "\(directory)/good.acl"
+        let bad = "\(directory)/bad.acl"
+        try Self.rules.write(toFile: good, atomically: true, encoding: .utf8)
+        try "default deny\nrole r\n  allow shout a\n  deny publish a/#/b\n".write(
+            toFile: bad, atomically: true, encoding: .utf8)
+
+        let clean = try await runGatehouse(["acl", "lint", good])
+        #expect(clean.status == 0 && clean.standardOutput.contains("ok, 2 rules"))
+        let broken = try await runGatehouse(["acl", "lint", bad])
+        #expect(broken.status == 1)
+        #expect(broken.standardOutput.contains("\(bad):3:9:") && broken.standardOutput.contains("\(bad):4:16:"))
+
+        let accept = try await runGatehouse([
+            "acl", "check", good, "--role", "device", "--tenant", "acme", "--client", "s1", "publish",
+            "tenants/acme/devices/s1/telemetry/t",
+        ])
+        #expect(accept.status == 0 && accept.standardOutput.contains("accept"))
+        #expect(accept.standardOutput.contains("\(good):3: allow publish tenants/%t/devices/%c/telemetry/#"))
+        let reject = try await runGatehouse([
+            "acl", "check", good, "--role", "device", "--tenant", "acme", "--client", "s1", "subscribe",
+            "tenants/acme/#",
+        ])
+        #expect(reject.status == 1 && reject.standardOutput.contains("reject"))
+    }
+}
