@@ -8,7 +8,7 @@ struct Gatehouse: AsyncParsableCommand {
         discussion: """
             Gatehouse is built to authenticate every CONNECT against an embedded identity store \
             and to authorize every PUBLISH and SUBSCRIBE with a role-based topic ACL. This build \
-            has the broker over TCP, TLS and WebSocket; identities and ACLs are on the way.
+            has the broker over TCP, TLS and WebSocket, the identity store and the topic ACL.
 
             Run 'gatehouse serve' to start the broker with its defaults, and \
             'gatehouse certs dev' for development certificates.

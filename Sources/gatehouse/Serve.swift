@@ -24,8 +24,9 @@ struct Serve: AsyncParsableCommand {
             start in DATA_DIR/certs. Port 0 picks a free port; the log line 'listening on …' \
             names it. SIGHUP re-reads the TLS files. Clients authenticate against the \
             identity store (DATA_DIR/iam.sqlite, managed with 'gatehouse iam'); on first start \
-            it gets an 'admin' identity whose token is written to DATA_DIR/admin.token. Topic \
-            ACLs are not built yet: every authenticated client may use every topic.
+            it gets an 'admin' identity whose token is written to DATA_DIR/admin.token. Topics \
+            are authorized by the ACL file (--acl, else acl/default.acl, else a built-in \
+            default); SIGHUP reloads it with the TLS files.
             """
     )
 
@@ -123,7 +124,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         if settings.allowAnonymous {
-            logger.warning("ANONYMOUS ACCESS IS ON: clients without credentials may connect and use every topic")
+            logger.warning("ANONYMOUS ACCESS IS ON: clients without credentials may connect (role 'anonymous')")
         }
         let aclFile = try resolveACLFile(settings, logger: logger)
         let authorizer: ACLAuthorizer

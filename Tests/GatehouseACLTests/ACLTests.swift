@@ -213,6 +213,16 @@ struct ACLParserTests {
 
 @Suite("default ACL")
 struct DefaultACLTests {
+    @Test("every example under acl/examples lints clean")
+    func examples() throws {
+        let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "../../acl/examples"
+        ).standardized
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".acl") }
+        #expect(files.count == 3)
+        for file in files { _ = try ACLTable.load(file: directory.appendingPathComponent(file).path) }
+    }
+
     @Test("acl/default.acl is the built-in default, and it lints clean")
     func sameText() throws {
         let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
