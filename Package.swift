@@ -14,6 +14,8 @@ let package = Package(
     products: [
         .executable(name: "gatehouse", targets: ["gatehouse"]),
         .library(name: "MQTTCore", targets: ["MQTTCore"]),
+        .library(name: "GatehouseAuth", targets: ["GatehouseAuth"]),
+        .library(name: "GatehouseACL", targets: ["GatehouseACL"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

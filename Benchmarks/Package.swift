@@ -21,6 +21,16 @@ let package = Package(
             ],
             path: "Benchmarks/MQTTCodec",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        )
+        ),
+        .executableTarget(
+            name: "ACL",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "GatehouseACL", package: "gatehouse"),
+                .product(name: "GatehouseAuth", package: "gatehouse"),
+            ],
+            path: "Benchmarks/ACL",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

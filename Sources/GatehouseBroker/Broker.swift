@@ -39,6 +39,7 @@ public final class Broker: Sendable {
     public let statistics = BrokerStatistics()
     let logger: Logger
     private let sessions = NIOLockedValueBox<[String: Session]>([:])
+    private let rejectionLog = NIOLockedValueBox<(last: NIODeadline, suppressed: Int)>((.distantPast, 0))
 
     public init(
         configuration: BrokerConfiguration,
@@ -189,6 +190,51 @@ public final class Broker: Sendable {
         else { return false }
         connection.disconnect(reason: reason)
         return true
+    }
+
+    /// Counts an ACL refusal and logs it, at most once a second (with how many were not
+    /// logged), so that a misbehaving client cannot flood the log. The client learns nothing.
+    public func noteRejection(_ principal: Principal, _ action: Action, topic: String) {
+        statistics.add(statistics.authorizationRejections, 1)
+        let now = NIODeadline.now()
+        let suppressed = rejectionLog.withLockedValue { state -> Int? in
+            guard now - state.last >= .seconds(1) else {
+                state.suppressed += 1
+                return nil
+            }
+            defer { state = (now, 0) }
+            return state.suppressed
+        }
+        guard let suppressed else { return }
+        logger.notice(
+            "ACL refused",
+            metadata: [
+                "identity": "\(principal.username)", "tenant": "\(principal.tenant)", "action": "\(action)",
+                "topic": "\(topic)", "not_logged_since_last": "\(suppressed)",
+            ])
+    }
+
+    /// After an ACL reload: removes every subscription the new rules no longer allow, so that
+    /// nothing is delivered against them. Returns how many were removed.
+    @discardableResult
+    public func recheckSubscriptions() -> Int {
+        let all = sessions.withLockedValue { Array($0.values) }
+        var removed = 0
+        for session in all {
+            let principal = session.principal
+            for text in session.subscribedFilters {
+                guard let filter = try? MQTTTopicFilter(parsing: text),
+                    authorizer.authorize(principal, .subscribe, topic: filter.filter) == .reject,
+                    unsubscribe(session, filter: text)
+                else { continue }
+                removed += 1
+                statistics.add(statistics.authorizationRejections, 1)
+                logger.notice(
+                    "subscription removed: the reloaded ACL no longer allows it",
+                    metadata: ["client_id": "\(session.clientID)", "filter": "\(text)"])
+            }
+        }
+        return removed
     }
 
     /// Ends every connection, as at shutdown.

@@ -391,6 +391,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         {
             // Clients never publish into $-topics; the broker owns them.
             code = .notAuthorized
+            broker.noteRejection(connected.principal, .publish, topic: topic)
         }
 
         if code == .success && !isRepeat {
@@ -436,6 +437,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
             // A shared subscription is authorized on its filter, not on the $share/ prefix.
             guard broker.authorizer.authorize(connected.principal, .subscribe, topic: filter.filter) == .accept else {
+                broker.noteRejection(connected.principal, .subscribe, topic: filter.filter)
                 codes.append(.notAuthorized)
                 continue
             }

@@ -12,6 +12,7 @@ public final class BrokerStatistics: Sendable {
     let messagesDropped = ManagedAtomic<Int>(0)
     let bytesReceived = ManagedAtomic<Int>(0)
     let bytesSent = ManagedAtomic<Int>(0)
+    let authorizationRejections = ManagedAtomic<Int>(0)
 
     public init() {}
 
@@ -22,6 +23,8 @@ public final class BrokerStatistics: Sendable {
         public var messagesDropped: Int
         public var bytesReceived: Int
         public var bytesSent: Int
+        /// PUBLISH, SUBSCRIBE and Will topics the ACL refused, and subscriptions a reload removed.
+        public var authorizationRejections: Int
     }
 
     public var snapshot: Snapshot {
@@ -31,7 +34,8 @@ public final class BrokerStatistics: Sendable {
             messagesSent: messagesSent.load(ordering: .relaxed),
             messagesDropped: messagesDropped.load(ordering: .relaxed),
             bytesReceived: bytesReceived.load(ordering: .relaxed),
-            bytesSent: bytesSent.load(ordering: .relaxed)
+            bytesSent: bytesSent.load(ordering: .relaxed),
+            authorizationRejections: authorizationRejections.load(ordering: .relaxed)
         )
     }
 

@@ -168,7 +168,7 @@ struct Serve: AsyncParsableCommand {
         // Trap SIGHUP before listening: its default action would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let reloader = ReloadOnHangup(signals: hangups, logger: logger) {
-            reloadACL(aclFile, into: authorizer, logger: logger)
+            reloadACL(aclFile, into: authorizer, broker: broker, logger: logger)
             server.reloadTLS()
         }
         let services = ServiceGroup(
@@ -197,11 +197,14 @@ private func resolveACLFile(_ settings: ServerConfiguration, logger: Logger) thr
 
 /// SIGHUP: a valid file replaces the table at once for every connection; a file with errors is
 /// refused, each error logged with its place, and the old table stays.
-private func reloadACL(_ file: String, into authorizer: ACLAuthorizer, logger: Logger) {
+private func reloadACL(_ file: String, into authorizer: ACLAuthorizer, broker: Broker, logger: Logger) {
     do {
         let table = try ACLTable.load(file: file)
         authorizer.replace(with: table)
-        logger.notice("ACL reloaded", metadata: ["file": "\(file)", "rules": "\(table.ruleCount)"])
+        let removed = broker.recheckSubscriptions()
+        logger.notice(
+            "ACL reloaded",
+            metadata: ["file": "\(file)", "rules": "\(table.ruleCount)", "subscriptions_removed": "\(removed)"])
     } catch {
         for problem in error.errors { logger.error("ACL error: \(problem.description)") }
         logger.error(

@@ -81,6 +81,49 @@ struct ACLTests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test("a reload that withdraws a live subscription removes it: nothing more is delivered to it")
+    func reloadWithdrawsSubscription() async throws {
+        let (broker, file, token) = try await start()
+        let port = broker.port
+        let dataDir = broker.dataDirectory.path
+        try (Self.rules + "role operator\n  allow publish tenants/%t/devices/+/commands/+\n").write(
+            toFile: file, atomically: true, encoding: .utf8)
+        kill(broker.process.processIdentifier, SIGHUP)
+        try await broker.waitForLog("rules=3")
+        _ = try await runGatehouse(
+            [
+                "iam", "identity", "add", "op", "--tenant", "acme", "--kind", "user", "--role", "operator",
+                "--data-dir", dataDir,
+            ])
+        let operatorToken = try await runGatehouse(["iam", "token", "create", "op", "--data-dir", dataDir])
+            .standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        let command = { (message: String) in
+            try await runTool(
+                "mosquitto_pub",
+                [
+                    "-p", String(port), "-u", "op", "-P", operatorToken, "-V", "mqttv5", "-d", "-q", "1",
+                    "-t", "tenants/acme/devices/sensor-1/commands/reboot", "-m", message,
+                ])
+        }
+        let subscriber = try RunningTool(
+            "mosquitto_sub", device(port, token, ["-t", "tenants/acme/devices/sensor-1/commands/+", "-v"]))
+        try await subscriber.waitForOutput("received SUBACK")
+        #expect(try await command("first").status == 0)
+        try await subscriber.waitForOutput("commands/reboot first")
+
+        // The device may no longer subscribe to its commands.
+        try "default deny\nrole operator\n  allow publish tenants/%t/devices/+/commands/+\n".write(
+            toFile: file, atomically: true, encoding: .utf8)
+        kill(broker.process.processIdentifier, SIGHUP)
+        try await broker.waitForLog("subscriptions_removed=1")
+        try await broker.waitForLog("subscription removed: the reloaded ACL no longer allows it")
+        let second = try await command("second")
+        #expect(second.output.contains("RC:16"), "\(second.output)")  // no matching subscribers any more
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!subscriber.output.contains("second"))
+        #expect(try await broker.stop() == 0)
+    }
+
     @Test("acl lint lists every error and exits 1; acl check prints the decision and the deciding rule")
     func tools() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("acl-tools-\(UUID())").path
