@@ -124,6 +124,33 @@ struct ACLTests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test(
+        "reload under load: QoS 1 traffic keeps flowing while the file flips between allow and deny and a broken one is tried"
+    )
+    func reloadUnderLoad() async throws {
+        let (broker, file, token) = try await start()
+        let base = "default deny\nrole device\n  allow subscribe tenants/%t/#\n  allow publish tenants/%t/a\n"
+        let allowB = base + "  allow publish tenants/%t/b\n"
+        let broken = allowB + "  allow publish tenants/%t/b/#/x\n"
+        try allowB.write(toFile: file, atomically: true, encoding: .utf8)
+        kill(broker.process.processIdentifier, SIGHUP)
+        try await broker.waitForLog("rules=3")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Clients/acl_under_load.py").path
+        let load = try RunningTool("python3", [script, String(broker.port), "sensor-1", token, "4"])
+        for text in [base, allowB, broken, base, broken, allowB, base] {
+            try await Task.sleep(for: .milliseconds(450))
+            try text.write(toFile: file, atomically: true, encoding: .utf8)
+            kill(broker.process.processIdentifier, SIGHUP)
+        }
+        #expect(try await load.waitForExit(timeout: .seconds(30)) == 0, "\(load.output)")
+        #expect(load.output.contains("ok A="), "\(load.output)")
+        let counts = load.output.firstMatch(of: /B_accepted=(\d+) B_refused=(\d+)/)
+        #expect((counts.flatMap { Int($0.1) } ?? 0) > 0 && (counts.flatMap { Int($0.2) } ?? 0) > 0, "\(load.output)")
+        #expect(broker.log.components(separatedBy: "ACL reload refused").count == 3)  // both broken files
+        #expect(try await broker.stop() == 0)
+    }
+
     @Test("acl lint lists every error and exits 1; acl check prints the decision and the deciding rule")
     func tools() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("acl-tools-\(UUID())").path
