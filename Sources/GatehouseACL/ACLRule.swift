@@ -45,11 +45,20 @@ public struct ACLSource: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(file):\(line): \(text)" }
 }
 
-/// A parsed rule: a role's allow or deny of some actions on a topic pattern.
-struct ACLRule: Sendable {
-    var role: String
-    var effect: ACLEffect
-    var actions: Set<Action>
-    var pattern: [PatternLevel]
-    var source: ACLSource
+/// A parsed rule: a role's allow or deny of some actions on a topic pattern. A class, so that
+/// a decision passes references around rather than copying strings.
+final class ACLRule: Sendable {
+    let role: String
+    let effect: ACLEffect
+    let actions: Set<Action>
+    let pattern: [PatternLevel]
+    let source: ACLSource
+
+    init(role: String, effect: ACLEffect, actions: Set<Action>, pattern: [PatternLevel], source: ACLSource) {
+        self.role = role
+        self.effect = effect
+        self.actions = actions
+        self.pattern = pattern
+        self.source = source
+    }
 }

@@ -40,20 +40,35 @@ final class PatternNode: @unchecked Sendable {
         next.insert(rule, from: index + 1)
     }
 
-    /// Rules whose pattern matches the topic (a name, no wildcards). Patterns starting with a
-    /// wildcard do not match `$` topics, as in MQTT. [MQTT-4.7.2-1]
-    func matching(_ levels: [Substring], _ index: Int, _ principal: Principal, into found: inout [ACLRule]) {
+    /// The first deny and the first allow whose pattern matches the topic (a name, no
+    /// wildcards); stops at a deny. Patterns starting with a wildcard do not match `$` topics,
+    /// as in MQTT. [MQTT-4.7.2-1]
+    func match(
+        _ levels: [Substring], _ index: Int, _ principal: Principal, deny: inout ACLRule?, allow: inout ACLRule?
+    ) {
         let dollar = index == 0 && levels.first?.first == "$"
-        if !dollar { found += multiRules }
+        if !dollar { note(multiRules, deny: &deny, allow: &allow) }
+        guard deny == nil else { return }
         guard index < levels.count else {
-            found += rules
+            note(rules, deny: &deny, allow: &allow)
             return
         }
         let level = levels[index]
-        literals[String(level)]?.matching(levels, index + 1, principal, into: &found)
-        if !dollar { single?.matching(levels, index + 1, principal, into: &found) }
+        literals[String(level)]?.match(levels, index + 1, principal, deny: &deny, allow: &allow)
+        if !dollar, deny == nil { single?.match(levels, index + 1, principal, deny: &deny, allow: &allow) }
+        guard !variables.isEmpty, deny == nil else { return }
         for (variable, node) in variables where variable.value(for: principal).map({ $0 == level }) == true {
-            node.matching(levels, index + 1, principal, into: &found)
+            node.match(levels, index + 1, principal, deny: &deny, allow: &allow)
+        }
+    }
+
+    private func note(_ candidates: [ACLRule], deny: inout ACLRule?, allow: inout ACLRule?) {
+        for rule in candidates {
+            if rule.effect == .deny {
+                deny = rule
+                return
+            }
+            if allow == nil { allow = rule }
         }
     }
 
@@ -150,20 +165,26 @@ public final class ACLTable: Sendable, AtomicReference {
     /// The decision and, for operators only, the rule that made it (nil: no rule allowed it).
     public func decide(_ principal: Principal, _ action: Action, topic: String) -> (Decision, ACLSource?) {
         guard let roleTries = tries[action] else { return (.reject, nil) }
-        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
-        var allowing: ACLRule?
-        for role in principal.roles + ["*"] {
-            guard let root = roleTries[role] else { continue }
-            if action == .subscribe {
-                if let deny = root.intersectingDeny(levels, 0, principal) { return (.reject, deny.source) }
-                if allowing == nil { allowing = root.coveringAllow(levels, 0, principal) }
-            } else {
-                var found: [ACLRule] = []
-                root.matching(levels, 0, principal, into: &found)
-                if let deny = found.first(where: { $0.effect == .deny }) { return (.reject, deny.source) }
-                if allowing == nil { allowing = found.first { $0.effect == .allow } }
-            }
+        // Split on bytes: splitting a String walks grapheme clusters.
+        let levels = topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map {
+            Substring($0)
         }
+        var allowing: ACLRule?
+        func consider(_ role: String) -> ACLRule? {
+            guard let root = roleTries[role] else { return nil }
+            if action == .subscribe {
+                if let deny = root.intersectingDeny(levels, 0, principal) { return deny }
+                if allowing == nil { allowing = root.coveringAllow(levels, 0, principal) }
+                return nil
+            }
+            var deny: ACLRule?
+            root.match(levels, 0, principal, deny: &deny, allow: &allowing)
+            return deny
+        }
+        for role in principal.roles {
+            if let deny = consider(role) { return (.reject, deny.source) }
+        }
+        if let deny = consider("*") { return (.reject, deny.source) }
         return allowing.map { (.accept, $0.source) } ?? (.reject, nil)
     }
 }

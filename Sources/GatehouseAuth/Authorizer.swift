@@ -16,6 +16,40 @@ public enum Decision: Sendable, Hashable {
 /// and must not block.
 public protocol Authorizer: Sendable {
     func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision
+
+    /// Changes whenever the rules change, so that callers may cache decisions per connection
+    /// and drop them when it moves; negative (the default) means decisions must not be cached.
+    var generation: Int { get }
+}
+
+extension Authorizer {
+    public var generation: Int { -1 }
+}
+
+/// A connection's recent decisions for one action, valid for one authorizer generation.
+/// Telemetry goes to the same few topics over and over: a hit costs one dictionary lookup.
+public struct DecisionCache: Sendable {
+    private var decisions: [String: Decision] = [:]
+    private var generation = -1
+    private let capacity: Int
+
+    public init(capacity: Int = 256) { self.capacity = capacity }
+
+    public mutating func decide(
+        _ authorizer: any Authorizer, _ principal: Principal, _ action: Action, topic: String
+    ) -> Decision {
+        let current = authorizer.generation
+        guard current >= 0 else { return authorizer.authorize(principal, action, topic: topic) }
+        if current != generation {
+            decisions.removeAll(keepingCapacity: true)
+            generation = current
+        }
+        if let known = decisions[topic] { return known }
+        let decision = authorizer.authorize(principal, action, topic: topic)
+        if decisions.count >= capacity { decisions.removeAll(keepingCapacity: true) }
+        decisions[topic] = decision
+        return decision
+    }
 }
 
 /// Accepts everything. A deployment gets it only by choosing it in its configuration.

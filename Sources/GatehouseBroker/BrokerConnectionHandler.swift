@@ -41,6 +41,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var tally = TrafficTally()
     private var connectTimeoutTask: Scheduled<Void>?
     private var credentialExpiryTask: Scheduled<Void>?
+    /// This connection's publish decisions (its principal is fixed once connected).
+    private var publishDecisions = DecisionCache()
     private var logger: Logger
     private let broker: Broker
     private let connectTimeout: TimeAmount
@@ -387,7 +389,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         } else if !broker.isWithinTopicLevelLimit(topic) {
             code = .topicNameInvalid
         } else if topic.utf8.first == UInt8(ascii: "$")
-            || broker.authorizer.authorize(connected.principal, .publish, topic: topic) == .reject
+            || publishDecisions.decide(broker.authorizer, connected.principal, .publish, topic: topic) == .reject
         {
             // Clients never publish into $-topics; the broker owns them.
             code = .notAuthorized

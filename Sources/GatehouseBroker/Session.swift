@@ -52,6 +52,8 @@ public final class Session: @unchecked Sendable {
     private var queue = CircularBuffer<QueuedMessage>()
     private var inflight: [UInt16: InflightMessage] = [:]
     private var inboundQoS2: Set<UInt16> = []
+    /// Read decisions for this session's principal, under `lock`.
+    private var readDecisions = DecisionCache()
     private var nextPacketIdentifier: UInt16 = 1
     private var nextSequence: UInt64 = 0
     private var drainScheduled = false
@@ -102,6 +104,7 @@ public final class Session: @unchecked Sendable {
             let previous = connection
             connection = newConnection
             _principal = principal
+            readDecisions = DecisionCache()  // decided for the previous principal
             self.receiveMaximum = max(1, receiveMaximum)
             _expiryInterval = expiryInterval
             resendInflight = !inflight.isEmpty
@@ -177,7 +180,7 @@ public final class Session: @unchecked Sendable {
         readPermittedBy authorizer: any Authorizer
     ) -> (accepted: Bool, wake: (any SessionConnection)?) {
         lock.withLock {
-            guard authorizer.authorize(_principal, .read, topic: queued.message.topic) == .accept else {
+            guard readDecisions.decide(authorizer, _principal, .read, topic: queued.message.topic) == .accept else {
                 return (false, nil)
             }
             return (true, enqueueLocked(queued))

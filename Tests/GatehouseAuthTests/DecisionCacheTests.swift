@@ -1,0 +1,48 @@
+import GatehouseAuth
+import Synchronization
+import Testing
+
+@Suite("decision cache")
+struct DecisionCacheTests {
+    /// Rejects "secret/…" and counts how often it is asked; `generation` is set by the test.
+    final class CountingAuthorizer: Authorizer {
+        let asked = Atomic<Int>(0)
+        let current = Atomic<Int>(0)
+        var generation: Int { current.load(ordering: .relaxed) }
+
+        func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision {
+            asked.add(1, ordering: .relaxed)
+            return topic.hasPrefix("secret") ? .reject : .accept
+        }
+    }
+
+    private let someone = Principal(identityID: "i", username: "u", clientIdentifier: "c", tenant: "t", roles: [])
+
+    @Test("a repeated topic is decided once per generation; a new generation decides again")
+    func generations() {
+        let authorizer = CountingAuthorizer()
+        var cache = DecisionCache(capacity: 2)
+        for _ in 0..<5 { #expect(cache.decide(authorizer, someone, .publish, topic: "a") == .accept) }
+        #expect(cache.decide(authorizer, someone, .publish, topic: "secret/x") == .reject)
+        #expect(authorizer.asked.load(ordering: .relaxed) == 2)
+        authorizer.current.store(1, ordering: .relaxed)
+        #expect(cache.decide(authorizer, someone, .publish, topic: "a") == .accept)
+        #expect(authorizer.asked.load(ordering: .relaxed) == 3)
+        // Full at capacity: cleared rather than grown.
+        _ = cache.decide(authorizer, someone, .publish, topic: "b")
+        _ = cache.decide(authorizer, someone, .publish, topic: "c")
+        _ = cache.decide(authorizer, someone, .publish, topic: "a")
+        #expect(authorizer.asked.load(ordering: .relaxed) == 6)
+    }
+
+    @Test("an authorizer without a generation is never cached")
+    func uncached() {
+        var cache = DecisionCache()
+        struct Flip: Authorizer {
+            let answer: Decision
+            func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision { answer }
+        }
+        #expect(cache.decide(Flip(answer: .reject), someone, .read, topic: "a") == .reject)
+        #expect(cache.decide(Flip(answer: .accept), someone, .read, topic: "a") == .accept)
+    }
+}
