@@ -27,7 +27,12 @@ public enum ACLVariable: String, Hashable, Sendable, CaseIterable {
             case .tenant: principal.tenant
             case .identityID: principal.identityID
             }
-        guard !value.isEmpty, !value.contains(where: { $0 == "+" || $0 == "#" || $0 == "/" }) else { return nil }
+        // Bytes, not Characters: this runs on every uncached decision.
+        guard !value.isEmpty,
+            !value.utf8.contains(where: {
+                $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 == UInt8(ascii: "/")
+            })
+        else { return nil }
         return value
     }
 }

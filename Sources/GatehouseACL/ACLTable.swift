@@ -57,7 +57,8 @@ final class PatternNode: @unchecked Sendable {
         literals[String(level)]?.match(levels, index + 1, principal, deny: &deny, allow: &allow)
         if !dollar, deny == nil { single?.match(levels, index + 1, principal, deny: &deny, allow: &allow) }
         guard !variables.isEmpty, deny == nil else { return }
-        for (variable, node) in variables where variable.value(for: principal).map({ $0 == level }) == true {
+        for (variable, node) in variables
+        where variable.value(for: principal).map({ $0.utf8.elementsEqual(level.utf8) }) == true {
             node.match(levels, index + 1, principal, deny: &deny, allow: &allow)
         }
     }

@@ -23,6 +23,10 @@ public struct BrokerConfiguration: Sendable {
     /// The longest keep-alive a client may use, in seconds; 0 for no maximum. A 5.0 client
     /// asking for more (or for none) is told this value as Server Keep Alive.
     public var maximumKeepAlive: UInt16 = 0
+    /// What a PUBLISH the ACL refuses costs the client beyond losing the message: by default
+    /// nothing (5.0 PUBACK/PUBREC 0x87; 3.1.1 acknowledged and dropped [MQTT-3.3.5-2]; QoS 0
+    /// dropped); or the connection (DISCONNECT 0x87 in 5.0, close in 3.1.1).
+    public var disconnectOnRefusedPublish = false
 
     public init() {}
 }

@@ -406,6 +406,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             if publish.qos == .exactlyOnce && !isRepeat {
                 _ = connected.session.releaseInboundQoS2(publish.packetIdentifier)
             }
+            if code == .notAuthorized && broker.configuration.disconnectOnRefusedPublish {
+                close(sendingDisconnect: .notAuthorized)
+                return
+            }
         }
         // 3.1.1 has no way to say no: acknowledge and drop. [MQTT-3.3.5-2]
         let wireCode: MQTTReasonCode = version == .v5 ? code : .success

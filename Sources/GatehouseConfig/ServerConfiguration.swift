@@ -21,6 +21,8 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var iamDatabase: String?
     /// The topic ACL file; nil means `./acl/default.acl`, or the built-in default when that is absent.
     public var aclFile: String?
+    /// `acknowledge` (the default) or `disconnect`: what a PUBLISH the ACL refuses does to the connection.
+    public var refusedPublish = "acknowledge"
 
     /// How CONNECT is authenticated: the methods in order, and the back-off after failures.
     public struct Authentication: Sendable, Equatable {
@@ -121,6 +123,7 @@ public struct ServerConfiguration: Sendable, Equatable {
         configuration.maximumTopicLevels = limits.maxTopicLevels
         configuration.maximumSubscriptionsPerClient = limits.maxSubscriptionsPerClient
         configuration.maximumKeepAlive = UInt16(limits.maxKeepAlive)
+        configuration.disconnectOnRefusedPublish = refusedPublish == "disconnect"
         return configuration
     }
 }
@@ -141,7 +144,7 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 extension ServerConfiguration {
     private static let topLevelKeys = [
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
-        "iam_database", "acl",
+        "iam_database", "acl", "acl_refused_publish",
     ]
     private static let authenticationKeys = ["methods", "backoff_base_ms", "backoff_max_ms"]
     private static let limitKeys = [
@@ -185,6 +188,12 @@ extension ServerConfiguration {
             case "sys_interval": configuration.sysInterval = try reader.int(value, key, in: 0...86_400)
             case "iam_database": configuration.iamDatabase = try reader.string(value, key)
             case "acl": configuration.aclFile = try reader.string(value, key)
+            case "acl_refused_publish":
+                let choice = try reader.string(value, key)
+                guard ["acknowledge", "disconnect"].contains(choice) else {
+                    throw reader.error(at: value, "'acl_refused_publish' must be acknowledge or disconnect")
+                }
+                configuration.refusedPublish = choice
             case "authentication":
                 for (authenticationKey, authenticationValue) in try reader.mapping(value, "'authentication'") {
                     let name = try reader.key(authenticationKey, allowed: authenticationKeys, section: "authentication")

@@ -88,6 +88,10 @@ struct ServerConfigurationTests {
             """
         let configuration = try ServerConfiguration.parse(text, file: "g.yaml")
         #expect(configuration.iamDatabase == "/var/lib/gatehouse/identities.sqlite")
+        #expect(!configuration.brokerConfiguration.disconnectOnRefusedPublish)
+        var strict = configuration
+        strict.refusedPublish = "disconnect"
+        #expect(strict.brokerConfiguration.disconnectOnRefusedPublish)
         #expect(configuration.authentication.methods == ["token", "password"])
         #expect(configuration.authentication.backoffBaseMilliseconds == 0)
         #expect(configuration.authentication.backoffMaximumMilliseconds == 1_000)
@@ -134,6 +138,7 @@ struct ServerConfigurationTests {
             ("authentication:\n  methods: [token, token]", "g.yaml:2:20: 'token' is not a method, or is listed twice"),
             ("authentication:\n  backoff_max_ms: -1", "g.yaml:2:19: 'backoff_max_ms' must be between 0 and 3600000"),
             ("authentication:\n  order: [token]", "g.yaml:2:3: unknown key 'order' in 'authentication'"),
+            ("acl_refused_publish: kick", "g.yaml:1:22: 'acl_refused_publish' must be acknowledge or disconnect"),
             ("- a\n- b", "g.yaml:1:1: the top level must be a mapping of keys"),
             ("limits: 5", "g.yaml:1:9: 'limits' must be a mapping of keys"),
             ("a: [", "g.yaml: not valid YAML"),

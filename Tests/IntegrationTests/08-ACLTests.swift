@@ -13,10 +13,16 @@ struct ACLTests {
         """
 
     /// A broker with `rules` in a file of its own, and a device `sensor-1` in tenant `acme`.
-    private func start() async throws -> (BrokerProcess, String, token: String) {
+    private func start(configuration: String? = nil) async throws -> (BrokerProcess, String, token: String) {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("acl-\(UUID()).acl").path
         try Self.rules.write(toFile: file, atomically: true, encoding: .utf8)
-        let broker = try BrokerProcess(arguments: ["--acl", file])
+        var arguments = ["--acl", file]
+        if let configuration {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("acl-\(UUID()).yaml").path
+            try configuration.write(toFile: path, atomically: true, encoding: .utf8)
+            arguments += ["--config", path]
+        }
+        let broker = try BrokerProcess(arguments: arguments)
         try await broker.waitUntilListening()
         let dataDir = broker.dataDirectory.path
         for arguments in [
@@ -52,6 +58,17 @@ struct ACLTests {
                 "mosquitto_sub", device(port, token, ["-V", version, "-t", "tenants/acme/#", "-W", "2"]))
             #expect(subscribe.output.contains("Subscribed (mid: 1): \(code)"), "\(subscribe.output)")
         }
+        #expect(try await broker.stop() == 0)
+    }
+
+    @Test("acl_refused_publish: disconnect ends the connection of a client that publishes where it may not")
+    func disconnectOnRefusal() async throws {
+        let (broker, _, token) = try await start(configuration: "acl_refused_publish: disconnect\n")
+        let refused = try await runTool(
+            "mosquitto_pub",
+            device(broker.port, token, ["-V", "mqttv5", "-t", "tenants/acme/elsewhere", "-m", "1", "-q", "1"]))
+        #expect(refused.output.contains("Received DISCONNECT (135)") || refused.status != 0, "\(refused.output)")
+        #expect(!refused.output.contains("received PUBACK"), "\(refused.output)")
         #expect(try await broker.stop() == 0)
     }
 
