@@ -218,13 +218,21 @@ public final class Broker: Sendable {
             ])
     }
 
-    /// After an ACL reload: removes every subscription the new rules no longer allow, so that
-    /// nothing is delivered against them. Returns how many were removed.
+    /// After an ACL reload: removes every subscription the new rules no longer allow, and
+    /// drops queued messages their sessions may no longer read, so that nothing is delivered
+    /// against the new rules. Returns how many subscriptions were removed.
     @discardableResult
     public func recheckSubscriptions() -> Int {
         let all = sessions.withLockedValue { Array($0.values) }
         var removed = 0
         for session in all {
+            let dropped = session.dropUnreadable(by: authorizer)
+            if dropped > 0 {
+                statistics.add(statistics.messagesDropped, dropped)
+                logger.notice(
+                    "queued messages dropped: the reloaded ACL no longer lets the client read them",
+                    metadata: ["client_id": "\(session.clientID)", "count": "\(dropped)"])
+            }
             let principal = session.principal
             for text in session.subscribedFilters {
                 guard let filter = try? MQTTTopicFilter(parsing: text),

@@ -187,6 +187,18 @@ public final class Session: @unchecked Sendable {
         }
     }
 
+    /// After an ACL reload: drops the queued (not yet sent) messages this session's principal
+    /// may no longer read, so that none is delivered against the new rules. Returns how many.
+    func dropUnreadable(by authorizer: any Authorizer) -> Int {
+        lock.withLock {
+            let before = queue.count
+            let kept = queue.filter { authorizer.authorize(_principal, .read, topic: $0.message.topic) == .accept }
+            guard kept.count != before else { return 0 }
+            queue = CircularBuffer(kept)
+            return before - kept.count
+        }
+    }
+
     /// Queues a delivery; returns the connection to wake if this is the first since its last
     /// drain (the caller wakes it, batched per event loop).
     private func enqueueLocked(_ queued: QueuedMessage) -> (any SessionConnection)? {

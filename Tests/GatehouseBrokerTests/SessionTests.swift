@@ -136,3 +136,29 @@ struct SessionTests {
         #expect(allowed.accepted && allowed.wake === connection)
     }
 }
+
+@Suite("session after an ACL reload")
+struct SessionReloadTests {
+    struct RejectSecret: Authorizer {
+        func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision {
+            topic.hasPrefix("secret") ? .reject : .accept
+        }
+    }
+
+    @Test("queued messages the principal may no longer read are dropped; the rest stay in order")
+    func dropUnreadable() {
+        let principal = Principal(identityID: "i", username: "u", clientIdentifier: "c", tenant: "t", roles: [])
+        let session = Session(clientID: "c", principal: principal, expiryInterval: 60, maximumQueuedMessages: 10)
+        for topic in ["a", "secret/1", "b", "secret/2"] {
+            let message = RoutedMessage(
+                publish: .init(topicName: topic, payload: ByteBuffer(), qos: .atLeastOnce, packetIdentifier: 1),
+                topic: topic, publisherClientID: "p", now: .now())
+            _ = session.enqueue(
+                QueuedMessage(message: message, qos: .atLeastOnce, retain: false, subscriptionIdentifiers: []),
+                readPermittedBy: AllowAllAuthorizer())
+        }
+        #expect(session.queuedCount == 4)
+        #expect(session.dropUnreadable(by: RejectSecret()) == 2)
+        #expect(session.queuedCount == 2)
+    }
+}
