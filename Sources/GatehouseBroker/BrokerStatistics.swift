@@ -13,6 +13,7 @@ public final class BrokerStatistics: Sendable {
     let bytesReceived = ManagedAtomic<Int>(0)
     let bytesSent = ManagedAtomic<Int>(0)
     let authorizationRejections = ManagedAtomic<Int>(0)
+    let aclReloadFailures = ManagedAtomic<Int>(0)
 
     public init() {}
 
@@ -25,6 +26,8 @@ public final class BrokerStatistics: Sendable {
         public var bytesSent: Int
         /// PUBLISH, SUBSCRIBE and Will topics the ACL refused, and subscriptions a reload removed.
         public var authorizationRejections: Int
+        /// ACL reloads refused because the file had errors.
+        public var aclReloadFailures: Int
     }
 
     public var snapshot: Snapshot {
@@ -35,9 +38,13 @@ public final class BrokerStatistics: Sendable {
             messagesDropped: messagesDropped.load(ordering: .relaxed),
             bytesReceived: bytesReceived.load(ordering: .relaxed),
             bytesSent: bytesSent.load(ordering: .relaxed),
-            authorizationRejections: authorizationRejections.load(ordering: .relaxed)
+            authorizationRejections: authorizationRejections.load(ordering: .relaxed),
+            aclReloadFailures: aclReloadFailures.load(ordering: .relaxed)
         )
     }
+
+    /// An ACL reload the file's errors refused.
+    public func countACLReloadFailure() { add(aclReloadFailures, 1) }
 
     func add(_ counter: ManagedAtomic<Int>, _ amount: Int) {
         if amount != 0 { counter.wrappingIncrement(by: amount, ordering: .relaxed) }
@@ -77,6 +84,8 @@ extension Broker {
             ("$SYS/broker/bytes/sent", "\(counts.bytesSent)"),
             ("$SYS/broker/subscriptions/count", "\(subscriptions.snapshot.count)"),
             ("$SYS/broker/retained messages/count", "\(retained.count)"),
+            ("$SYS/broker/acl/refused", "\(counts.authorizationRejections)"),
+            ("$SYS/broker/acl/reload-failures", "\(counts.aclReloadFailures)"),
         ]
     }
 

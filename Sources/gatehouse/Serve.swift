@@ -206,6 +206,7 @@ private func reloadACL(_ file: String, into authorizer: ACLAuthorizer, broker: B
             "ACL reloaded",
             metadata: ["file": "\(file)", "rules": "\(table.ruleCount)", "subscriptions_removed": "\(removed)"])
     } catch {
+        broker.statistics.countACLReloadFailure()
         for problem in error.errors { logger.error("ACL error: \(problem.description)") }
         logger.error(
             "ACL reload refused; the previous ACL stays in force", metadata: ["errors": "\(error.errors.count)"])

@@ -35,6 +35,11 @@ struct ACLTests {
         return (broker, file, token.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
+    private func adminToken(_ broker: BrokerProcess) throws -> String {
+        try String(contentsOfFile: broker.dataDirectory.appendingPathComponent("admin.token").path, encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     private func device(_ port: Int, _ token: String, _ arguments: [String]) -> [String] {
         ["-p", String(port), "-u", "sensor-1", "-P", token, "-i", "sensor-1", "-d"] + arguments
     }
@@ -145,13 +150,15 @@ struct ACLTests {
         "reload under load: QoS 1 traffic keeps flowing while the file flips between allow and deny and a broken one is tried"
     )
     func reloadUnderLoad() async throws {
-        let (broker, file, token) = try await start()
-        let base = "default deny\nrole device\n  allow subscribe tenants/%t/#\n  allow publish tenants/%t/a\n"
+        let (broker, file, token) = try await start(configuration: "sys_interval: 1\n")
+        let base =
+            "default deny\nrole admin\n  allow subscribe $SYS/#\n"
+            + "role device\n  allow subscribe tenants/%t/#\n  allow publish tenants/%t/a\n"
         let allowB = base + "  allow publish tenants/%t/b\n"
         let broken = allowB + "  allow publish tenants/%t/b/#/x\n"
         try allowB.write(toFile: file, atomically: true, encoding: .utf8)
         kill(broker.process.processIdentifier, SIGHUP)
-        try await broker.waitForLog("rules=3")
+        try await broker.waitForLog("rules=4")
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("Clients/acl_under_load.py").path
         let load = try RunningTool("python3", [script, String(broker.port), "sensor-1", token, "4"])
@@ -165,6 +172,10 @@ struct ACLTests {
         let counts = load.output.firstMatch(of: /B_accepted=(\d+) B_refused=(\d+)/)
         #expect((counts.flatMap { Int($0.1) } ?? 0) > 0 && (counts.flatMap { Int($0.2) } ?? 0) > 0, "\(load.output)")
         #expect(broker.log.components(separatedBy: "ACL reload refused").count == 3)  // both broken files
+        let counters = try RunningTool(
+            "mosquitto_sub",
+            ["-p", String(broker.port), "-u", "admin", "-P", try adminToken(broker), "-t", "$SYS/broker/acl/#", "-v"])
+        try await counters.waitForOutput("$SYS/broker/acl/reload-failures 2", timeout: .seconds(5))
         #expect(try await broker.stop() == 0)
     }
 
