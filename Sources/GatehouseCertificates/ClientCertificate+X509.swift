@@ -7,7 +7,16 @@ import X509
 extension ClientCertificate {
     /// The fields the authenticators use, read from a DER certificate.
     public init(derBytes: [UInt8]) throws {
-        let certificate = try Certificate(derEncoded: derBytes)
+        try self.init(certificate: Certificate(derEncoded: derBytes), derBytes: derBytes)
+    }
+
+    /// The first certificate of a PEM text.
+    public init(pemEncoded text: String) throws {
+        try self.init(derBytes: PEMDocument(pemString: text).derBytes)
+    }
+
+    /// From a certificate already parsed (the verifier has), so it is not parsed twice.
+    init(certificate: Certificate, derBytes: [UInt8]) throws {
         var dnsNames: [String] = []
         var uris: [String] = []
         var emailAddresses: [String] = []
@@ -47,7 +56,8 @@ extension DistinguishedName {
     }
 }
 
-func hexString(_ bytes: some Sequence<UInt8>) -> String {
+/// Lowercase hex, two digits a byte: how fingerprints, serials and digests are written.
+public func hexString(_ bytes: some Sequence<UInt8>) -> String {
     let digits = Array("0123456789abcdef".utf8)
     var text: [UInt8] = []
     for byte in bytes {
@@ -60,6 +70,6 @@ func hexString(_ bytes: some Sequence<UInt8>) -> String {
 extension ClientCertificate {
     /// SHA-256 (lowercase hex) of the first certificate in a PEM text, as bindings record it.
     public static func fingerprint(pem: String) throws -> String {
-        hexString(SHA256.hash(data: try PEMDocument(pemString: pem).derBytes))
+        try ClientCertificate(pemEncoded: pem).fingerprintSHA256
     }
 }

@@ -37,7 +37,7 @@ public struct ClientCertificateVerifier: Sendable {
             guard let failure = failures.first else { return .refused("client certificate not signed by a trusted CA") }
             return .refused("client certificate refused: \(failure.policyFailureReason)")
         case .validCertificate(let chain):
-            guard var certificate = try? ClientCertificate(derBytes: leafDER) else {
+            guard var certificate = try? ClientCertificate(certificate: leaf, derBytes: leafDER) else {
                 return .refused("client certificate unreadable")
             }
             if let issuer = chain.dropFirst().first {

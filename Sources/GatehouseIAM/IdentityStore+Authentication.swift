@@ -31,10 +31,6 @@ extension IdentityStore {
             limitedRoles: limited.map { $0.split(separator: ",").map(String.init) })
     }
 
-    func tokenMatch(digest: [UInt8]) async throws -> CredentialMatch? {
-        try await snapshot().tokens[Data(digest)]
-    }
-
     func passwordMatch(username: String) async throws -> (match: CredentialMatch, hash: [UInt8], kdf: String)? {
         try await readAsync { db in
             guard

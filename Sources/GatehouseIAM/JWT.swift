@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import GRDB
 public import GatehouseAuth
+import GatehouseCertificates
 import JWTKit
 public import Logging
 import NIOConcurrencyHelpers
@@ -263,10 +264,10 @@ public final class JWTAuthenticator: Authenticator {
         }
         // External subjects get an identity id of their own, so that they can never own a
         // session of a local identity with the same name.
-        let issuerDigest = SHA256.hash(data: Array(issuer.issuer.utf8)).prefix(6).map { String(format: "%02x", $0) }
+        let issuerDigest = hexString(SHA256.hash(data: Array(issuer.issuer.utf8)).prefix(6))
         return .success(
             Principal(
-                identityID: "ext-\(issuerDigest.joined())-\(subject)", username: subject,
+                identityID: "ext-\(issuerDigest)-\(subject)", username: subject,
                 clientIdentifier: credentials.clientIdentifier, tenant: tenant,
                 roles: claims.strings(issuer.rolesClaim).sorted(), credentialID: "jwt:\(issuer.issuer)",
                 expiresAt: expiry))

@@ -163,7 +163,7 @@ struct CertificateAuthenticatorTests {
         let caFingerprint = try ClientCertificate.fingerprint(pem: try authority.certificatePEM)
         func presented(_ name: String) throws -> ClientCertificate {
             let issued = try authority.issue(commonName: name, usage: .client)
-            var certificate = try ClientCertificate(derBytes: try PEMBytes.der(issued.certificatePEM))
+            var certificate = try ClientCertificate(pemEncoded: issued.certificatePEM)
             certificate.issuerFingerprintSHA256 = caFingerprint
             return certificate
         }
@@ -186,13 +186,6 @@ struct CertificateAuthenticatorTests {
         attempt.clientCertificate?.issuerFingerprintSHA256 = nil
         #expect(await authenticator.authenticate(attempt) == .skipped)
         #expect(await authenticator.authenticate(credentials()) == .skipped)
-    }
-}
-
-enum PEMBytes {
-    static func der(_ pem: String) throws -> [UInt8] {
-        let body = pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
-        return Array(try #require(Data(base64Encoded: body)))
     }
 }
 
