@@ -44,6 +44,13 @@ public final class ThrottledAuthenticator: Authenticator {
     }
 
     public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        // With no failure on record (the usual case) an accept needs no keys and no second lock.
+        if failures.withLock({ $0.isEmpty }) {
+            guard let outcome = inner.authenticateImmediately(credentials) else { return nil }
+            if case .accepted = outcome { return outcome }
+            record(Self.keys(credentials), success: false)
+            return outcome
+        }
         let keys = Self.keys(credentials)
         guard delay(for: keys) == .zero, let outcome = inner.authenticateImmediately(credentials) else { return nil }
         record(keys, success: { if case .accepted = outcome { true } else { false } }())
