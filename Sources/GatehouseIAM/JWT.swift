@@ -13,11 +13,10 @@ import NIOConcurrencyHelpers
 struct JWTClaims {
     let object: [String: Any]
 
-    /// The payload of `token`, read without checking anything (the signature is checked later
-    /// over exactly these bytes).
-    init?(token: String) {
-        let parts = token.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
-        guard parts.count == 3, let json = Self.base64URLDecoded(parts[1]),
+    /// The claims of a token's payload part (base64url JSON), read without checking anything:
+    /// the signature is checked over exactly these bytes.
+    init?(encodedPayload: some Collection<UInt8>) {
+        guard let json = Self.base64URLDecoded(encodedPayload),
             let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any]
         else { return nil }
         self.object = object
@@ -25,7 +24,7 @@ struct JWTClaims {
 
     /// base64url without padding (RFC 7515 §2), decoded by table: Foundation's string
     /// rewriting to reach `Data(base64Encoded:)` cost more than the signature check.
-    static func base64URLDecoded(_ text: Substring.UTF8View) -> [UInt8]? {
+    static func base64URLDecoded(_ text: some Collection<UInt8>) -> [UInt8]? {
         var output: [UInt8] = []
         output.reserveCapacity(text.count * 3 / 4)
         var accumulator: UInt32 = 0
@@ -65,13 +64,6 @@ struct JWTClaims {
         }
         return []
     }
-}
-
-/// For jwt-kit: only the signature is checked; the claims are read from `JWTClaims`.
-struct SignatureOnly: JWTPayload {
-    init(from decoder: any Decoder) throws {}
-    func encode(to encoder: any Encoder) throws {}
-    func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
 
 /// The claims of a JWT that Gatehouse issues.
@@ -165,135 +157,6 @@ public struct JWTIssuer: Sendable {
             await keys.add(ecdsa: try ES256PrivateKey(pem: row.pem).publicKey, kid: JWKIdentifier(string: row.kid))
         }
         return keys
-    }
-}
-
-/// `jwt`: a JWT as the MQTT password, from Gatehouse itself or from a trusted issuer. The
-/// signature, `exp` (required), `nbf`, `iss` and `aud` are checked; `alg: none` and keys of
-/// another algorithm than the issuer registered are refused by construction (each issuer's
-/// collection holds only its own keys).
-public final class JWTAuthenticator: Authenticator {
-    private let store: IdentityStore
-    private let logger: Logger
-    /// Keys per issuer, for the snapshot sequence they were built from.
-    private let cache = NIOLockedValueBox<(sequence: Int64, keys: [String: JWTKeyCollection])>((-1, [:]))
-
-    public init(store: IdentityStore, logger: Logger) {
-        self.store = store
-        self.logger = logger
-    }
-
-    public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
-        guard let password = credentials.password, Self.looksLikeJWT(password) else { return .skipped }
-        return nil
-    }
-
-    public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
-        guard let password = credentials.password, Self.looksLikeJWT(password) else { return .skipped }
-        let token = String(decoding: password, as: UTF8.self)
-        guard let claims = JWTClaims(token: token), let issuerName = claims.string("iss") else {
-            logger.info(
-                "JWT refused", metadata: ["reason": "unreadable", "client_id": "\(credentials.clientIdentifier)"])
-            return .rejected
-        }
-        let verdict = await store.decideWithFreshState { snapshot in
-            await self.decide(token: token, claims: claims, issuerName: issuerName, snapshot: snapshot, credentials)
-        }
-        switch verdict {
-        case .success(let principal): return .accepted(principal)
-        case .failure(let reason):
-            logger.info(
-                "JWT refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
-            return .rejected
-        }
-    }
-
-    private func decide(
-        token: String, claims: JWTClaims, issuerName: String, snapshot: IdentitySnapshot,
-        _ credentials: ConnectCredentials
-    ) async -> Result<Principal, IAMError> {
-        let trusted = snapshot.issuers[issuerName]
-        guard issuerName == JWTIssuer.issuerName || trusted != nil else {
-            return .failure(IAMError("untrusted issuer '\(issuerName)'"))
-        }
-        do {
-            let keys = try await keyCollection(for: issuerName, trusted: trusted, sequence: snapshot.sequence)
-            _ = try await keys.verify(token, as: SignatureOnly.self)
-        } catch {
-            return .failure(IAMError("signature not verified (\(error))"))
-        }
-        let moment = Double(now())
-        guard claims.strings("aud").contains(trusted?.audience ?? JWTIssuer.audience) else {
-            return .failure(IAMError("wrong audience"))
-        }
-        guard let expiry = claims.number("exp") else { return .failure(IAMError("no 'exp' claim")) }
-        guard expiry > moment else { return .failure(IAMError("expired")) }
-        if let notBefore = claims.number("nbf"), notBefore > moment + 5 { return .failure(IAMError("not yet valid")) }
-        return principal(from: claims, issuer: trusted, snapshot: snapshot, expiry: Int64(expiry), credentials)
-    }
-
-    private func principal(
-        from claims: JWTClaims, issuer: TrustedIssuer?, snapshot: IdentitySnapshot, expiry: Int64,
-        _ credentials: ConnectCredentials
-    ) -> Result<Principal, IAMError> {
-        guard let issuer else {
-            // Issued here: the identity must exist and be enabled, and keep the token's roles.
-            guard let subject = claims.string("sub"), var match = snapshot.identities[subject] else {
-                return .failure(IAMError("unknown identity"))
-            }
-            if let username = credentials.username, !username.isEmpty, username != subject {
-                return .failure(IAMError("user name is not the token's subject"))
-            }
-            match.credentialID = "jwt:\(JWTIssuer.issuerName)"
-            guard var principal = match.principal(clientIdentifier: credentials.clientIdentifier) else {
-                return .failure(IAMError("identity disabled or client id not allowed"))
-            }
-            let roles = claims.strings("roles")
-            guard Set(roles).isSubset(of: principal.roles) else {
-                return .failure(IAMError("token claims roles the identity no longer has"))
-            }
-            principal.roles = roles
-            principal.expiresAt = expiry
-            return .success(principal)
-        }
-        guard let subject = claims.string(issuer.subjectClaim), !subject.isEmpty,
-            let tenant = claims.string(issuer.tenantClaim) ?? issuer.defaultTenant
-        else { return .failure(IAMError("no subject or tenant claim")) }
-        if let username = credentials.username, !username.isEmpty, username != subject {
-            return .failure(IAMError("user name is not the token's subject"))
-        }
-        // External subjects get an identity id of their own, so that they can never own a
-        // session of a local identity with the same name.
-        let issuerDigest = hexString(SHA256.hash(data: Array(issuer.issuer.utf8)).prefix(6))
-        return .success(
-            Principal(
-                identityID: "ext-\(issuerDigest)-\(subject)", username: subject,
-                clientIdentifier: credentials.clientIdentifier, tenant: tenant,
-                roles: claims.strings(issuer.rolesClaim).sorted(), credentialID: "jwt:\(issuer.issuer)",
-                expiresAt: expiry))
-    }
-
-    private func keyCollection(for issuer: String, trusted: TrustedIssuer?, sequence: Int64) async throws
-        -> JWTKeyCollection
-    {
-        let cached = cache.withLockedValue { cache -> JWTKeyCollection? in
-            if cache.sequence != sequence { cache = (sequence, [:]) }
-            return cache.keys[issuer]
-        }
-        if let cached { return cached }
-        let keys =
-            if let trusted { try await trusted.keyCollection() } else {
-                try await JWTIssuer.verificationKeys(in: store)
-            }
-        cache.withLockedValue { cache in
-            if cache.sequence == sequence { cache.keys[issuer] = keys }
-        }
-        return keys
-    }
-
-    /// Three base64url parts, the header a JSON object (`eyJ` is `{"`).
-    static func looksLikeJWT(_ password: [UInt8]) -> Bool {
-        password.starts(with: Array("eyJ".utf8)) && password.count(where: { $0 == UInt8(ascii: ".") }) == 2
     }
 }
 

@@ -107,6 +107,34 @@ struct JWTTests {
                 == .rejected)
     }
 
+    @Test("once a key is resolved, tokens verify without suspending; refusals always take the asynchronous way")
+    func immediatePath() async throws {
+        let (temporary, signer, _) = try await externalIssuer()
+        let authenticator = JWTAuthenticator(store: temporary.store, logger: temporary.logger)
+        let first = try await signer.sign(claims(), kid: "k1")
+        #expect(authenticator.authenticateImmediately(credentials(password: first)) == nil)  // key not resolved yet
+        #expect(await authenticator.authenticate(credentials(password: first)).principal != nil)
+        let second = try await signer.sign(claims(exp: now + 200), kid: "k1")
+        for _ in 0..<2 {  // verified, then remembered
+            let outcome = authenticator.authenticateImmediately(credentials(password: second))
+            #expect(outcome?.principal?.username == "agent-7" && outcome?.principal?.expiresAt == Int64(now + 200))
+        }
+        let wrongAudience = try await signer.sign(claims(aud: "web"), kid: "k1")
+        #expect(authenticator.authenticateImmediately(credentials(password: wrongAudience)) == nil)
+        #expect(await authenticator.authenticate(credentials(password: wrongAudience)) == .rejected)
+
+        // The header's alg must be the key's own, even with a valid ES256 signature.
+        let parts = second.split(separator: ".").map(String.init)
+        let relabelled = base64URL(Array(#"{"alg":"ES384","typ":"JWT","kid":"k1"}"#.utf8))
+        let mislabelled = "\(relabelled).\(parts[1]).\(parts[2])"
+        #expect(await authenticator.authenticate(credentials(password: mislabelled)) == .rejected)
+
+        // A remembered token meets the store's changes: its issuer removed, it is refused.
+        try temporary.store.removeIssuer("https://idp.example", actor: "t")
+        #expect(authenticator.authenticateImmediately(credentials(password: second)) == nil)
+        #expect(await authenticator.authenticate(credentials(password: second)) == .rejected)
+    }
+
     @Test("an HS256 issuer is accepted only with its configured secret")
     func sharedSecret() async throws {
         let temporary = try TemporaryStore()
