@@ -41,9 +41,15 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var tally = TrafficTally()
     private var connectTimeoutTask: Scheduled<Void>?
     private var credentialExpiryTask: Scheduled<Void>?
+    /// Keep-alive: one timer per connection, re-armed from the time of the last packet, instead
+    /// of an extra pipeline handler. [MQTT-3.1.2-24]
+    private var keepAliveTask: Scheduled<Void>?
+    private var keepAliveTimeout = TimeAmount.zero
+    private var packetReadInCycle = false
+    private var lastPacketAt = NIODeadline.uptimeNanoseconds(0)
     /// This connection's publish decisions (its principal is fixed once connected).
     private var publishDecisions = DecisionCache()
-    private var logger: Logger
+    private var logger: ConnectionLogger
     private let broker: Broker
     private let connectTimeout: TimeAmount
     /// Verified by the TLS listener before the first MQTT byte, so fixed for the connection.
@@ -61,12 +67,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         self.eventLoop = eventLoop
         self.connectTimeout = connectTimeout
         self.clientCertificate = clientCertificate
-        self.logger = logger
+        self.logger = ConnectionLogger(logger)
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if let remote = context.remoteAddress { logger[metadataKey: "remote"] = "\(remote)" }
+        logger.remote = context.remoteAddress
         connectTimeoutTask = eventLoop.scheduleTask(in: connectTimeout) { [self] in
             if case .awaitingConnect = state {
                 logger.debug("no CONNECT within the connect timeout")
@@ -78,6 +84,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     public func handlerRemoved(context: ChannelHandlerContext) {
         connectTimeoutTask?.cancel()
         credentialExpiryTask?.cancel()
+        keepAliveTask?.cancel()
         self.context = nil
     }
 
@@ -85,11 +92,16 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         inReadCycle = true
+        packetReadInCycle = true
         handle(unwrapInboundIn(data))
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
         inReadCycle = false
+        if packetReadInCycle {
+            packetReadInCycle = false
+            if keepAliveTask != nil { lastPacketAt = eventLoop.now }
+        }
         if drainPending {
             drainPending = false
             sessionHasOutput()
@@ -149,15 +161,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         }
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            logger.info("keep-alive timeout")
-            close(sendingDisconnect: .keepAliveTimeout)  // [MQTT-3.1.2-22]
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     public func channelInactive(context: ChannelHandlerContext) {
         connectionEnded()
         context.fireChannelInactive()
@@ -177,7 +180,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             clientID = "gatehouse-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
             assignedIdentifier = clientID
         }
-        logger[metadataKey: "client_id"] = "\(clientID)"
+        logger.clientID = clientID
         let credentials = ConnectCredentials(
             clientIdentifier: clientID,
             username: connect.username,
@@ -275,11 +278,11 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         send(
             .connack(
                 .init(sessionPresent: sessionPresent, reasonCode: .success, properties: MQTTProperties(properties))))
-        if keepAlive > 0, let context {
+        if keepAlive > 0 {
             // The client has one and a half keep-alive periods to send anything. [MQTT-3.1.2-24]
-            let timeout = TimeAmount.milliseconds(Int64(keepAlive) * 1_500)
-            try? context.pipeline.syncOperations.addHandler(
-                IdleStateHandler(readTimeout: timeout), position: .before(self))
+            keepAliveTimeout = .milliseconds(Int64(keepAlive) * 1_500)
+            lastPacketAt = eventLoop.now
+            armKeepAlive(in: keepAliveTimeout)
         }
         if let expiresAt = principal.expiresAt {
             // The credential's end is the session's end. [DISCONNECT 0x87 in 5.0]
@@ -295,6 +298,18 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         drainPending = false
         sessionHasOutput()
         flushWakes()
+    }
+
+    private func armKeepAlive(in delay: TimeAmount) {
+        keepAliveTask = eventLoop.scheduleTask(in: delay) { [self] in
+            let idle = eventLoop.now - lastPacketAt
+            guard idle >= keepAliveTimeout else {
+                armKeepAlive(in: keepAliveTimeout - idle)
+                return
+            }
+            logger.info("keep-alive timeout")
+            close(sendingDisconnect: .keepAliveTimeout)
+        }
     }
 
     // MARK: Connected

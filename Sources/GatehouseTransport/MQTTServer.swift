@@ -132,7 +132,8 @@ public final class MQTTServer: Service {
 
     private func bind(_ listener: ListenAddress, tls: TLSContextHolder?) async throws -> any Channel {
         let limits = configuration.limits
-        let logger = self.logger
+        var logger = self.logger
+        logger[metadataKey: "listener"] = "\(listener.kind.rawValue)"
         let broker = self.broker
         let openConnections = self.openConnections
         return try await ServerBootstrap(group: group)

@@ -1,3 +1,4 @@
+import GatehouseBroker
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -75,17 +76,17 @@ final class WebSocketRefusalHandler: ChannelInboundHandler, RemovableChannelHand
 
     private let path: String
     private let upgradeTimeout: TimeAmount
-    private var logger: Logger
+    private var logger: ConnectionLogger
     private var timeout: Scheduled<Void>?
 
     init(path: String, upgradeTimeout: TimeAmount, logger: Logger) {
         self.path = path
         self.upgradeTimeout = upgradeTimeout
-        self.logger = logger
+        self.logger = ConnectionLogger(logger)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if let remote = context.remoteAddress { logger[metadataKey: "remote"] = "\(remote)" }
+        logger.remote = context.remoteAddress
         timeout = context.eventLoop.assumeIsolated().scheduleTask(in: upgradeTimeout) { [self] in
             logger.info("WebSocket connection refused", metadata: ["reason": "no upgrade within the connect timeout"])
             context.close(promise: nil)

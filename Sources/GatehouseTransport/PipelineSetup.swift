@@ -49,8 +49,6 @@ extension ChannelPipeline.SynchronousOperations {
         limits: MQTTConnectionLimits,
         logger: Logger
     ) throws {
-        var logger = logger
-        logger[metadataKey: "listener"] = "\(listener.kind.rawValue)"
         let eventLoop = self.eventLoop
         let path = listener.path
         let finish: (any Channel, ClientCertificate?) throws -> Void = { channel, certificate in

@@ -1,5 +1,6 @@
 import Foundation
 import GatehouseAuth
+import GatehouseBroker
 import GatehouseCertificates
 import Logging
 import NIOCore
@@ -16,7 +17,7 @@ final class TLSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let verifier: ClientCertificateVerifier?
     private let handshakeTimeout: TimeAmount
     private let onVerified: (any Channel, ClientCertificate?) throws -> Void
-    private var logger: Logger
+    private var logger: ConnectionLogger
     private var timeout: Scheduled<Void>?
     private var verifiedCertificate: ClientCertificate?
     /// Set when the verifier refuses a chain: BoringSSL's own error says only that it failed.
@@ -30,7 +31,7 @@ final class TLSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
     ) {
         self.verifier = verifier
         self.handshakeTimeout = handshakeTimeout
-        self.logger = logger
+        self.logger = ConnectionLogger(logger)
         self.onVerified = onVerified
     }
 
@@ -58,7 +59,7 @@ final class TLSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if let remote = context.remoteAddress { logger[metadataKey: "remote"] = "\(remote)" }
+        logger.remote = context.remoteAddress
         timeout = context.eventLoop.assumeIsolated().scheduleTask(in: handshakeTimeout) { [self] in
             logger.info("TLS connection refused", metadata: ["reason": "no TLS handshake within the connect timeout"])
             context.close(promise: nil)

@@ -355,13 +355,17 @@ struct ConnectionHandlerTests {
     func keepAlive() async throws {
         let client = try await TestConnection(broker: makeBroker())
         try await client.connect(clientID: "c", keepAlive: 1)
-        // NIO's IdleStateHandler measures idleness on the wall clock and fires on the loop's
-        // clock: let 1.6 s really pass, then move the testing loop's clock past 1.5 s.
-        try await Task.sleep(for: .milliseconds(1_100))
-        await client.channel.testingEventLoop.advanceTime(by: .seconds(1))
-        #expect(client.isActive)  // a timer fired early does not close a connection 1.1 s idle
-        try await Task.sleep(for: .milliseconds(500))
-        await client.channel.testingEventLoop.advanceTime(by: .seconds(1))
+        // The testing loop's clock: 1 s after CONNECT a packet re-arms the timer, so 2 s is not
+        // yet too long; 1.5 s after that packet is.
+        let loop = client.channel.testingEventLoop
+        await loop.advanceTime(by: .seconds(1))
+        try await client.send(.pingreq)
+        #expect(try await client.receive() == .pingresp)
+        await loop.advanceTime(by: .seconds(1))
+        #expect(client.isActive)
+        await loop.advanceTime(by: .milliseconds(400))
+        #expect(client.isActive)
+        await loop.advanceTime(by: .milliseconds(200))
         #expect(try await client.receive() == .disconnect(.init(reasonCode: .keepAliveTimeout)))
         try await client.waitUntilClosed()
     }
@@ -707,9 +711,7 @@ struct ConnectionHandlerTests {
         try await silent.connect(
             clientID: "silent", will: .init(topic: "status/silent", payload: ByteBuffer(string: "timed out")),
             keepAlive: 1)
-        // IdleStateHandler: wall clock past 1.5 s, then the loop's clock past its timer.
-        try await Task.sleep(for: .milliseconds(1_600))
-        await silent.channel.testingEventLoop.advanceTime(by: .seconds(2))
+        await silent.channel.testingEventLoop.advanceTime(by: .milliseconds(1_500))
         #expect(try await silent.receive() == .disconnect(.init(reasonCode: .keepAliveTimeout)))
         guard case .publish(let will) = try await watcher.receive() else { throw TestFailure("expected the Will") }
         #expect(will.payload == ByteBuffer(string: "timed out"))
