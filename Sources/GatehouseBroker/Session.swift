@@ -49,7 +49,9 @@ public final class Session: @unchecked Sendable {
     private var receiveMaximum: Int
     /// By the filter as the client wrote it (`$share/g/a` and `a` are two subscriptions).
     private var subscriptionFilters: [String: SubscriptionEntry] = [:]
-    private var queue = CircularBuffer<QueuedMessage>()
+    /// Starts at one slot and doubles: most sessions never queue, and the default 16 slots
+    /// were a third of an idle connection's memory.
+    private var queue = CircularBuffer<QueuedMessage>(initialCapacity: 1)
     private var inflight: [UInt16: InflightMessage] = [:]
     private var inboundQoS2: Set<UInt16> = []
     /// Read decisions for this session's principal, under `lock`.

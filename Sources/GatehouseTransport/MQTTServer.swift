@@ -140,7 +140,11 @@ public final class MQTTServer: Service {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
+            // A channel keeps its receive buffer while idle: start small (CONNECT and PINGREQ
+            // are tiny) and let busy connections grow it.
+            .childChannelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+            )
             .childChannelInitializer { channel in
                 let key = ObjectIdentifier(channel)
                 openConnections.withLockedValue { $0[key] = channel }
