@@ -102,6 +102,30 @@ struct IAMTests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test("failed CONNECTs slow down their source: the next attempt waits, a success clears the record")
+    func backoffSlowsFailures() async throws {
+        let configuration = FileManager.default.temporaryDirectory.appendingPathComponent("backoff-\(UUID()).yaml")
+        try "authentication:\n  backoff_base_ms: 400\n".write(to: configuration, atomically: true, encoding: .utf8)
+        let broker = try BrokerProcess(arguments: ["--acl", Self.aclFile, "--config", configuration.path])
+        try await broker.waitUntilListening()
+        let token = try await device(broker, "sensor-1")
+        let wrong = "gth_" + String(repeating: "x", count: 43)
+        func timedPublish(_ password: String) async throws -> (status: Int32, elapsed: Duration) {
+            let start = ContinuousClock.now
+            let result = try await publish(broker.port, ["-u", "sensor-1", "-P", password])
+            return (result.status, ContinuousClock.now - start)
+        }
+        #expect(try await timedPublish(token).status == 0)
+        for _ in 0..<3 { #expect(try await timedPublish(wrong).status != 0) }
+        // Three failures on record: the fourth attempt waits 400 ms × 2² before it is checked,
+        // even with the right token.
+        let delayed = try await timedPublish(token)
+        #expect(delayed.status == 0 && delayed.elapsed >= .milliseconds(1_500), "\(delayed.elapsed)")
+        let cleared = try await timedPublish(token)
+        #expect(cleared.status == 0 && cleared.elapsed < .milliseconds(1_000), "\(cleared.elapsed)")
+        #expect(try await broker.stop() == 0)
+    }
+
     @Test("revoking a token ends a connected mosquitto_sub (DISCONNECT 0x98) within a second")
     func revokeTokenDisconnectsMosquitto() async throws {
         let broker = try await startBroker()
