@@ -14,6 +14,8 @@ struct IdentitySnapshot: Sendable {
     /// Every identity by name, for JWTs that Gatehouse issued.
     var identities: [String: CredentialMatch]
     var issuers: [String: TrustedIssuer]
+    /// The `jti` of revoked JWTs that Gatehouse issued and that have not expired yet.
+    var revokedTokenIDs: Set<String>
 
     static func load(_ db: Database) throws -> IdentitySnapshot {
         let sequence = try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(sequence), 0) FROM audit") ?? 0
@@ -65,7 +67,11 @@ struct IdentitySnapshot: Sendable {
         }
         var issuers: [String: TrustedIssuer] = [:]
         for issuer in try IdentityStore.trustedIssuers(db) { issuers[issuer.issuer] = issuer }
-        return IdentitySnapshot(sequence: sequence, tokens: tokens, identities: identities, issuers: issuers)
+        let revoked = try String.fetchAll(
+            db, sql: "SELECT jti FROM issued_jwt WHERE revoked_at IS NOT NULL AND expires_at > ?", arguments: [now()])
+        return IdentitySnapshot(
+            sequence: sequence, tokens: tokens, identities: identities, issuers: issuers,
+            revokedTokenIDs: Set(revoked))
     }
 }
 

@@ -116,8 +116,13 @@ extension IdentityStore {
     }
 
     private func jwtPrincipalIsStillValid(_ principal: Principal, credentialID: String) async -> Bool {
-        let issuer = String(credentialID.dropFirst("jwt:".count))
+        // "jwt:ISSUER", or "jwt:gatehouse#JTI" for a token issued here.
+        let named = credentialID.dropFirst("jwt:".count).split(separator: "#", maxSplits: 1)
+        let issuer = named.first.map(String.init) ?? ""
         if issuer == JWTIssuer.issuerName {
+            if named.count == 2, (try? await snapshot().revokedTokenIDs.contains(String(named[1]))) != false {
+                return false
+            }
             // Issued here: the identity must still be enabled and still hold every role in the token.
             guard let match = try? await identityMatch(named: principal.username, credentialID: credentialID) else {
                 return false

@@ -124,6 +124,20 @@ public final class IdentityStore: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("2-issued-jwts") { db in
+            // The JWTs Gatehouse signed, so that one can be listed and revoked before it expires.
+            try db.execute(
+                sql: """
+                    CREATE TABLE issued_jwt (
+                        jti TEXT PRIMARY KEY NOT NULL,
+                        identity_id TEXT NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        kid TEXT NOT NULL,
+                        issued_at INTEGER NOT NULL,
+                        expires_at INTEGER NOT NULL,
+                        revoked_at INTEGER
+                    );
+                    """)
+        }
         return migrator
     }
 

@@ -81,6 +81,14 @@ struct IssuedClaims: JWTPayload {
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
 
+/// A JWT Gatehouse issued, as `gatehouse iam jwt list` shows it.
+public struct IssuedJWT: Sendable, Equatable {
+    public var id: String
+    public var issuedAt: Int64
+    public var expiresAt: Int64
+    public var revokedAt: Int64?
+}
+
 /// Gatehouse's own JWT issuer: ES256 keys in the store, each with a `kid`. Rotation makes a
 /// new signing key and keeps the previous one for verification, so tokens already handed out
 /// stay valid until they expire.
@@ -111,11 +119,52 @@ public struct JWTIssuer: Sendable {
             iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"))
         let token = try await keys.sign(claims, kid: JWKIdentifier(string: kid))
         try store.write { db in
+            try db.execute(
+                sql: "INSERT INTO issued_jwt (jti, identity_id, kid, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [claims.jti, identity.id, kid, issuedAt, claims.exp])
             try IdentityStore.audit(
                 db, actor: actor, action: "jwt.issue", subject: name,
                 detail: "kid=\(kid) jti=\(claims.jti) exp=\(claims.exp)")
         }
         return token
+    }
+
+    /// The JWTs issued to `name`, newest first.
+    public static func issued(to name: String, in store: IdentityStore) throws -> [IssuedJWT] {
+        let identity = try store.identity(named: name)
+        return try store.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT jti, issued_at, expires_at, revoked_at FROM issued_jwt
+                    WHERE identity_id = ? ORDER BY issued_at DESC, rowid DESC
+                    """,
+                arguments: [identity.id]
+            ).map {
+                IssuedJWT(
+                    id: $0["jti"], issuedAt: $0["issued_at"], expiresAt: $0["expires_at"], revokedAt: $0["revoked_at"])
+            }
+        }
+    }
+
+    /// Revokes one issued JWT: it is refused from now on and the sessions it opened end.
+    public static func revoke(_ tokenID: String, in store: IdentityStore, actor: String) throws {
+        try store.write { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT issued_jwt.identity_id, identity.name FROM issued_jwt
+                        JOIN identity ON identity.id = issued_jwt.identity_id
+                        WHERE jti = ? AND revoked_at IS NULL
+                        """,
+                    arguments: [tokenID])
+            else { throw IAMError("no unrevoked JWT '\(tokenID)'") }
+            try db.execute(sql: "UPDATE issued_jwt SET revoked_at = ? WHERE jti = ?", arguments: [now(), tokenID])
+            try IdentityStore.audit(
+                db, actor: actor, action: "jwt.revoke", subject: row["name"], identityID: row["identity_id"],
+                detail: "jti=\(tokenID)")
+        }
     }
 
     /// The newest signing key, made if there is none.

@@ -160,6 +160,9 @@ public final class JWTAuthenticator: Authenticator {
         guard let external = claims.external else {
             // Issued here: the identity must exist and be enabled, and keep the token's roles.
             guard var match = snapshot.identities[claims.subject] else { return .failure(IAMError("unknown identity")) }
+            if let tokenID = claims.tokenID, snapshot.revokedTokenIDs.contains(tokenID) {
+                return .failure(IAMError("revoked"))
+            }
             match.credentialID = claims.credentialID
             guard var principal = match.principal(clientIdentifier: credentials.clientIdentifier) else {
                 return .failure(IAMError("identity disabled or client id not allowed"))
@@ -225,6 +228,8 @@ struct VerifiedClaims: Sendable {
     var expiry: Int64
     var notBefore: Int64?
     var credentialID: String
+    /// `jti` of a token Gatehouse issued, by which it can be revoked.
+    var tokenID: String?
     /// Set for a trusted issuer's token; nil for one Gatehouse issued.
     var external: External?
 
@@ -236,7 +241,8 @@ struct VerifiedClaims: Sendable {
             self.issuer = JWTIssuer.issuerName
             self.subject = subject
             self.roles = claims.strings("roles")
-            self.credentialID = "jwt:\(JWTIssuer.issuerName)"
+            self.tokenID = claims.string("jti")
+            self.credentialID = "jwt:\(JWTIssuer.issuerName)" + (tokenID.map { "#\($0)" } ?? "")
             return
         }
         guard let subject = claims.string(issuer.subjectClaim), !subject.isEmpty,

@@ -512,7 +512,7 @@ struct IssuerCommand: AsyncParsableCommand {
 struct JWTCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "jwt", abstract: "JWTs that Gatehouse itself issues (ES256).",
-        subcommands: [Issue.self, RotateKey.self])
+        subcommands: [Issue.self, List.self, Revoke.self, RotateKey.self])
 
     struct Issue: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Issue a JWT for an identity and print it.")
@@ -528,6 +528,30 @@ struct JWTCommand: AsyncParsableCommand {
                 try await issuer.issue(
                     for: identity, lifetime: lifetime, roles: roles.isEmpty ? nil : roles, actor: store.actor))
         }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the JWTs issued to an identity, newest first.")
+        @OptionGroup var store: StoreOptions
+        @Argument var identity: String
+        func run() throws {
+            printTable(
+                ["JTI", "ISSUED", "EXPIRES", "STATE"],
+                try JWTIssuer.issued(to: identity, in: store.open()).map {
+                    [
+                        $0.id, formatTime($0.issuedAt), formatTime($0.expiresAt),
+                        $0.revokedAt == nil ? "active" : "revoked",
+                    ]
+                })
+        }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke an issued JWT: it is refused from now on and sessions it opened end at once.")
+        @OptionGroup var store: StoreOptions
+        @Argument(help: "The token's jti (jwt_…), as 'jwt list' shows.") var id: String
+        func run() throws { try JWTIssuer.revoke(id, in: store.open(), actor: store.actor) }
     }
 
     struct RotateKey: AsyncParsableCommand {

@@ -45,6 +45,16 @@ struct JWTTests {
         return (temporary, signer, key)
     }
 
+    /// A seeded store with Gatehouse's own issuer and a JWT authenticator on it.
+    private func ownIssuer() throws -> (TemporaryStore, JWTIssuer, JWTAuthenticator) {
+        let temporary = try TemporaryStore()
+        try temporary.seed()
+        return (
+            temporary, JWTIssuer(store: temporary.store),
+            JWTAuthenticator(store: temporary.store, logger: temporary.logger)
+        )
+    }
+
     private func claims(
         iss: String? = "https://idp.example", aud: String? = "mqtt", exp: Int? = now + 300, nbf: Int? = nil
     ) -> ExternalClaims {
@@ -107,6 +117,29 @@ struct JWTTests {
                 == .rejected)
     }
 
+    @Test("revoking one issued JWT refuses it and invalidates its sessions; the identity's other JWTs stay valid")
+    func revokeIssued() async throws {
+        let (temporary, issuer, authenticator) = try ownIssuer()
+        let store = temporary.store
+        let kept = try await issuer.issue(for: "alice", lifetime: 600, actor: "t")
+        let revoked = try await issuer.issue(for: "alice", lifetime: 600, actor: "t")
+        let principal = try #require(await authenticator.authenticate(credentials(password: revoked)).principal)
+        let listed = try JWTIssuer.issued(to: "alice", in: store)
+        #expect(listed.count == 2 && listed.allSatisfy { $0.revokedAt == nil })
+        let tokenID = try #require(principal.credentialID?.split(separator: "#").last.map(String.init))
+        #expect(listed.first?.id == tokenID)  // newest first
+
+        try JWTIssuer.revoke(tokenID, in: store, actor: "t")
+        #expect(authenticator.authenticateImmediately(credentials(password: revoked)) == nil)
+        #expect(await authenticator.authenticate(credentials(password: revoked)) == .rejected)
+        #expect(await !store.isStillValid(principal))
+        let other = try #require(await authenticator.authenticate(credentials(password: kept)).principal)
+        #expect(await store.isStillValid(other))
+        #expect(throws: IAMError.self) { try JWTIssuer.revoke(tokenID, in: store, actor: "t") }
+        #expect(try JWTIssuer.issued(to: "alice", in: store).first?.revokedAt != nil)
+        #expect(try store.auditLog().contains { $0.action == "jwt.revoke" && $0.subject == "alice" })
+    }
+
     @Test("once a key is resolved, tokens verify without suspending; refusals always take the asynchronous way")
     func immediatePath() async throws {
         let (temporary, signer, _) = try await externalIssuer()
@@ -157,11 +190,8 @@ struct JWTTests {
 
     @Test("Gatehouse's own tokens: accepted, checked against the identity, valid across one key rotation")
     func ownTokens() async throws {
-        let temporary = try TemporaryStore()
-        try temporary.seed()
+        let (temporary, issuer, authenticator) = try ownIssuer()
         let store = temporary.store
-        let issuer = JWTIssuer(store: store)
-        let authenticator = JWTAuthenticator(store: store, logger: temporary.logger)
         let first = try await issuer.issue(for: "alice", lifetime: 600, roles: ["viewer"], actor: "t")
         let principal = try #require(await authenticator.authenticate(credentials(password: first)).principal)
         #expect(principal.username == "alice" && principal.roles == ["viewer"] && principal.tenant == "acme")

@@ -227,7 +227,8 @@ struct IAMTests {
         #expect(try await broker.stop() == 0)
     }
 
-    @Test("a JWT Gatehouse issued is a password; a client certificate bound to an identity needs none")
+    @Test(
+        "a JWT Gatehouse issued is a password and can be revoked; a client certificate bound to an identity needs none")
     func jwtAndCertificate() async throws {
         let broker = try await startBroker(listeners: ["mqtt://127.0.0.1:0", "mqtts://127.0.0.1:0"])
         _ = try await device(broker, "sensor-5")
@@ -235,6 +236,20 @@ struct IAMTests {
         #expect(jwt.hasPrefix("eyJ"))
         #expect(try await publish(broker.port, ["-u", "sensor-5", "-P", jwt]).status == 0)
         #expect(try await publish(broker.port, ["-u", "other", "-P", jwt]).status != 0)
+        // Revoking that one JWT ends the session it opened and refuses it from then on.
+        let subscriber = try RunningTool(
+            "mosquitto_sub", ["-p", String(broker.port), "-V", "mqttv5", "-u", "sensor-5", "-P", jwt, "-t", "t", "-d"])
+        try await subscriber.waitForOutput("received SUBACK")
+        let listed = try await iam(broker, ["jwt", "list", "sensor-5"])
+        let tokenID = try #require(listed.split(separator: "\n").last?.split(separator: " ").first.map(String.init))
+        #expect(tokenID.hasPrefix("jwt_") && listed.contains("active"))
+        try await iam(broker, ["jwt", "revoke", tokenID])
+        try await subscriber.waitForOutput("Received DISCONNECT (152)", timeout: .seconds(3))
+        #expect(try await publish(broker.port, ["-u", "sensor-5", "-P", jwt]).status != 0)
+        #expect(try await iam(broker, ["jwt", "list", "sensor-5"]).contains("revoked"))
+        let again = try await runGatehouse(
+            ["iam", "jwt", "revoke", tokenID, "--data-dir", broker.dataDirectory.path])
+        #expect(again.status != 0 && again.standardError.contains("no unrevoked JWT"), "\(again.standardError)")
 
         let certificates = broker.certificatesDirectory
         let made = try await runGatehouse(["certs", "dev", "--out", certificates, "--client", "sensor-5"])
