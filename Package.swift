@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "MQTTCore", targets: ["MQTTCore"]),
         .library(name: "GatehouseAuth", targets: ["GatehouseAuth"]),
         .library(name: "GatehouseACL", targets: ["GatehouseACL"]),
+        .library(name: "GatehouseIAM", targets: ["GatehouseIAM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
