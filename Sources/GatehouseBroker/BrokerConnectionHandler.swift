@@ -52,8 +52,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var logger: ConnectionLogger
     private let broker: Broker
     private let connectTimeout: TimeAmount
-    /// Verified by the TLS listener before the first MQTT byte, so fixed for the connection.
-    private let clientCertificate: ClientCertificate?
+    /// Verified by the TLS listener before the first MQTT byte; dropped once CONNECT has used
+    /// it, as an idle connection should not carry its DER and names.
+    private var clientCertificate: ClientCertificate?
     public let eventLoop: any EventLoop
 
     public init(
@@ -188,6 +189,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             remoteAddress: context?.remoteAddress?.ipAddress,
             clientCertificate: clientCertificate
         )
+        clientCertificate = nil
         state = .authenticating(pending: [])
         let authenticator = broker.authenticator
         if let known = authenticator.authenticateImmediately(credentials) {
