@@ -113,8 +113,18 @@ public struct CertificateAuthenticator: Authenticator {
         self.logger = logger
     }
 
+    /// Accepts a bound certificate from the cached snapshot at once; anything else (unbound,
+    /// refused, no snapshot yet) takes the asynchronous way, which reads the store.
     public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
-        credentials.clientCertificate == nil ? .skipped : nil
+        guard let certificate = credentials.clientCertificate else { return .skipped }
+        guard let snapshot = store.cachedSnapshot.withLockedValue({ $0 }),
+            let match = CertificateBindingKey.candidates(for: certificate).lazy.compactMap({
+                snapshot.certificates[$0]
+            }).first,
+            credentials.username.map({ $0.isEmpty || $0 == match.identity.name }) ?? true,
+            let principal = match.principal(clientIdentifier: credentials.clientIdentifier)
+        else { return nil }
+        return .accepted(principal)
     }
 
     public func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {

@@ -14,6 +14,8 @@ struct IdentitySnapshot: Sendable {
     /// Every identity by name, for JWTs that Gatehouse issued.
     var identities: [String: CredentialMatch]
     var issuers: [String: TrustedIssuer]
+    /// Active certificate bindings.
+    var certificates: [CertificateBindingKey: CredentialMatch]
     /// The `jti` of revoked JWTs that Gatehouse issued and that have not expired yet.
     var revokedTokenIDs: Set<String>
 
@@ -65,13 +67,25 @@ struct IdentitySnapshot: Sendable {
             match.limitedRoles = limited.map { $0.split(separator: ",").map(String.init) }
             tokens[row["secret_hash"]] = match
         }
+        var certificates: [CertificateBindingKey: CredentialMatch] = [:]
+        for row in try Row.fetchAll(
+            db,
+            sql: """
+                SELECT id, identity_id, binding, ca_fingerprint FROM credential
+                WHERE kind = 'certificate' AND revoked_at IS NULL
+                """)
+        {
+            guard var match = byID[row["identity_id"]] else { continue }
+            match.credentialID = row["id"]
+            certificates[CertificateBindingKey(binding: row["binding"], issuer: row["ca_fingerprint"])] = match
+        }
         var issuers: [String: TrustedIssuer] = [:]
         for issuer in try IdentityStore.trustedIssuers(db) { issuers[issuer.issuer] = issuer }
         let revoked = try String.fetchAll(
             db, sql: "SELECT jti FROM issued_jwt WHERE revoked_at IS NOT NULL AND expires_at > ?", arguments: [now()])
         return IdentitySnapshot(
             sequence: sequence, tokens: tokens, identities: identities, issuers: issuers,
-            revokedTokenIDs: Set(revoked))
+            certificates: certificates, revokedTokenIDs: Set(revoked))
     }
 }
 

@@ -4,6 +4,22 @@ public import GatehouseAuth
 
 /// What a presented credential matched in the store, before the checks that turn it into a
 /// `Principal` (enabled, not expired, allowed client id).
+/// How a certificate can be bound: its fingerprint, or a name under the CA that issued it.
+struct CertificateBindingKey: Hashable, Sendable {
+    var binding: String
+    var issuer: String?
+
+    /// The bindings that would match `certificate`, most specific first.
+    static func candidates(for certificate: ClientCertificate) -> [CertificateBindingKey] {
+        var keys = [CertificateBindingKey(binding: "sha256:\(certificate.fingerprintSHA256)")]
+        if let issuer = certificate.issuerFingerprintSHA256 {
+            if let name = certificate.commonName { keys.append(.init(binding: "cn:\(name)", issuer: issuer)) }
+            keys += certificate.uris.map { .init(binding: "uri:\($0)", issuer: issuer) }
+        }
+        return keys
+    }
+}
+
 struct CredentialMatch: Sendable {
     var identity: Identity
     var tenantEnabled: Bool
@@ -49,14 +65,9 @@ extension IdentityStore {
 
     /// A binding for this certificate: by fingerprint, or by common name or SAN URI under its issuing CA.
     func certificateMatch(_ certificate: ClientCertificate) async throws -> CredentialMatch? {
-        var keys = [("sha256:\(certificate.fingerprintSHA256)", nil as String?)]
-        if let issuer = certificate.issuerFingerprintSHA256 {
-            if let name = certificate.commonName { keys.append(("cn:\(name)", issuer)) }
-            keys += certificate.uris.map { ("uri:\($0)", issuer) }
-        }
-        let candidates = keys
+        let candidates = CertificateBindingKey.candidates(for: certificate)
         return try await readAsync { db in
-            for (binding, issuer) in candidates {
+            for key in candidates {
                 let row = try Row.fetchOne(
                     db,
                     sql: Self.matchColumns
@@ -64,7 +75,7 @@ extension IdentityStore {
                          WHERE credential.kind = 'certificate' AND credential.binding = ?
                         AND COALESCE(credential.ca_fingerprint, '') = COALESCE(?, '') AND credential.revoked_at IS NULL
                         """,
-                    arguments: [binding, issuer])
+                    arguments: [key.binding, key.issuer])
                 if let row { return try Self.match(db, row) }
             }
             return nil

@@ -230,7 +230,14 @@ struct CertificateAuthenticatorTests {
         let exactBinding = try store.bindCertificate(.fingerprint(exact.fingerprintSHA256), to: "sensor-1", actor: "t")
         var attempt = credentials()
         attempt.clientCertificate = exact
+        #expect(authenticator.authenticateImmediately(attempt) == nil)  // no snapshot loaded yet
         #expect(await authenticator.authenticate(attempt).principal?.username == "sensor-1")
+        _ = try await store.snapshot()
+        #expect(authenticator.authenticateImmediately(attempt)?.principal?.username == "sensor-1")
+        attempt.username = "alice"  // another identity's name with sensor-1's certificate
+        #expect(authenticator.authenticateImmediately(attempt) == nil)
+        #expect(await authenticator.authenticate(attempt) == .rejected)
+        attempt.username = nil
 
         attempt.clientCertificate = try presented("sensor-1")  // same name, other certificate: not bound
         #expect(await authenticator.authenticate(attempt) == .skipped)
@@ -242,6 +249,8 @@ struct CertificateAuthenticatorTests {
         try store.revokeCredential(exactBinding, actor: "t")
         attempt.clientCertificate = exact
         attempt.clientCertificate?.issuerFingerprintSHA256 = nil
+        _ = try await store.snapshot()
+        #expect(authenticator.authenticateImmediately(attempt) == nil)
         #expect(await authenticator.authenticate(attempt) == .skipped)
         #expect(await authenticator.authenticate(credentials()) == .skipped)
     }
