@@ -221,7 +221,7 @@ struct IAMTests {
         #expect(resumed.output.contains("private"), "\(resumed.output)")
 
         try await iam(broker, ["identity", "client-ids", "intruder", "%u-*"])
-        try await Task.sleep(for: .milliseconds(600))  // the broker's view follows the store within 250 ms
+        try await Task.sleep(for: .seconds(1))  // the broker's view follows the store within 250 ms
         #expect(try await publish(broker.port, ["-u", "intruder", "-P", intruder, "-i", "intruder-7"]).status == 0)
         #expect(try await publish(broker.port, ["-u", "intruder", "-P", intruder, "-i", "owner-7"]).status != 0)
         #expect(try await broker.stop() == 0)
@@ -265,6 +265,8 @@ struct IAMTests {
         let accepted = try await publish(tls, withCertificate)
         #expect(accepted.status == 0, "\(accepted.output)")
         try await iam(broker, ["cert", "unbind", binding])
+        // The broker sees the CLI's change at its next poll (every 250 ms).
+        try await Task.sleep(for: .seconds(1))
         #expect(try await publish(tls, withCertificate).status != 0)
         #expect(try await broker.stop() == 0)
     }
