@@ -105,7 +105,7 @@ struct TLSTests {
         #expect(try await broker.stop() == 0)
     }
 
-    @Test("plaintext MQTT and TLS 1.1 on a TLS port are refused and logged")
+    @Test("plaintext MQTT, TLS 1.0 and TLS 1.1 on a TLS port are refused and logged")
     func plaintextAndOldTLS() async throws {
         let pki = try TestPKI()
         let broker = try await startBroker(tlsListeners: [
@@ -115,10 +115,15 @@ struct TLSTests {
         let plaintext = try await runTool("mosquitto_pub", ["-p", port, "-t", "t", "-m", "m"])
         #expect(plaintext.status != 0)
         try await broker.waitForLog("handshake failed: WRONG_VERSION_NUMBER")
-        let old = try await runTool(
-            "openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"])
-        #expect(old.output.contains("alert protocol version"), "\(old.output)")
-        try await broker.waitForLog("handshake failed: UNSUPPORTED_PROTOCOL")
+        for (index, version) in ["-tls1", "-tls1_1"].enumerated() {
+            let old = try await runTool(
+                "openssl", ["s_client", "-connect", "127.0.0.1:\(port)", version, "-cipher", "DEFAULT:@SECLEVEL=0"])
+            #expect(old.output.contains("alert protocol version"), "\(version): \(old.output)")
+            // Each attempt is logged with its reason.
+            try await waitForText("refused \(index + 1) times", in: "the broker log", timeout: .seconds(10)) {
+                "refused \(broker.log.components(separatedBy: "handshake failed: UNSUPPORTED_PROTOCOL").count - 1) times"
+            }
+        }
         let modern = try await runTool(
             "openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "mqtt", "-CAfile", pki.caFile])
         #expect(modern.output.contains("ALPN protocol: mqtt"), "\(modern.output)")
