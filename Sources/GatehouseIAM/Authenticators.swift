@@ -22,13 +22,7 @@ public struct TokenAuthenticator: Authenticator {
         let verdict = await store.decideWithFreshState { snapshot in
             Self.decide(snapshot.tokens[Data(digest)], credentials)
         }
-        switch verdict {
-        case .success(let principal): return .accepted(principal)
-        case .failure(let reason):
-            logger.info(
-                "token refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
-            return .rejected
-        }
+        return verdict.outcome(refusal: "token refused", logger: logger, credentials)
     }
 
     /// Accepts from the cached snapshot at once; a refusal takes the asynchronous way, which may
@@ -52,6 +46,19 @@ public struct TokenAuthenticator: Authenticator {
             return .failure(IAMError("identity disabled, token expired or client id not allowed"))
         }
         return .success(principal)
+    }
+}
+
+extension Result<Principal, IAMError> {
+    /// What the chain sees. A refusal's reason goes to the log only: the client never learns it.
+    func outcome(refusal: String, logger: Logger, _ credentials: ConnectCredentials) -> AuthenticationOutcome {
+        switch self {
+        case .success(let principal): return .accepted(principal)
+        case .failure(let reason):
+            logger.info(
+                "\(refusal)", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
+            return .rejected
+        }
     }
 }
 

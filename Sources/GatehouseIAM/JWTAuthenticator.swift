@@ -52,13 +52,7 @@ public final class JWTAuthenticator: Authenticator {
                 return result
             }
         }
-        switch verdict {
-        case .success(let principal): return .accepted(principal)
-        case .failure(let reason):
-            logger.info(
-                "JWT refused", metadata: ["reason": "\(reason)", "client_id": "\(credentials.clientIdentifier)"])
-            return .rejected
-        }
+        return verdict.outcome(refusal: "JWT refused", logger: logger, credentials)
     }
 
     // MARK: Deciding
