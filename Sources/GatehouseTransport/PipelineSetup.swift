@@ -67,9 +67,15 @@ extension ChannelPipeline.SynchronousOperations {
         }
         let gate = TLSHandshakeHandler(
             verifier: tls.clientVerifier, handshakeTimeout: limits.connectTimeout, logger: logger, onVerified: finish)
+        // NIOSSL keeps its callback for the connection's life; the gate (and the certificate it
+        // verified) should not outlive the handshake with it.
         try addHandler(
             NIOSSLServerHandler(
-                context: tls.sslContext, customVerificationCallback: gate.verifyClientChain,
+                context: tls.sslContext,
+                customVerificationCallback: { [weak gate] chain, promise in
+                    guard let gate else { return promise.succeed(.failed) }
+                    gate.verifyClientChain(chain, promise)
+                },
                 configuration: Self.tlsHandlerConfiguration))
         try addHandler(gate)
     }
