@@ -75,22 +75,21 @@ final class WebSocketRefusalHandler: ChannelInboundHandler, RemovableChannelHand
     static let name = "gatehouse.websocket-refusal"
 
     private let path: String
-    private let upgradeTimeout: TimeAmount
+    private let deadline: NIODeadline
     private var logger: ConnectionLogger
     private var timeout: Scheduled<Void>?
 
-    init(path: String, upgradeTimeout: TimeAmount, logger: Logger) {
+    init(path: String, deadline: NIODeadline, logger: Logger) {
         self.path = path
-        self.upgradeTimeout = upgradeTimeout
+        self.deadline = deadline
         self.logger = ConnectionLogger(logger)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         logger.remote = context.remoteAddress
-        timeout = context.eventLoop.assumeIsolated().scheduleTask(in: upgradeTimeout) { [self] in
-            logger.info("WebSocket connection refused", metadata: ["reason": "no upgrade within the connect timeout"])
-            context.close(promise: nil)
-        }
+        timeout = context.closeConnection(
+            at: deadline, logging: "WebSocket connection refused", reason: "no upgrade within the connect timeout",
+            with: logger)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

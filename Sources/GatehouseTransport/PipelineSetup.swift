@@ -20,6 +20,27 @@ public struct MQTTConnectionLimits: Sendable {
         self.maximumPacketSize = maximumPacketSize
         self.connectTimeout = connectTimeout
     }
+
+    /// These limits with the connect timeout cut to what is left before `deadline`: the TLS
+    /// handshake, the WebSocket upgrade and CONNECT share one budget from accept.
+    func remaining(until deadline: NIODeadline, on eventLoop: any EventLoop) -> MQTTConnectionLimits {
+        var limits = self
+        limits.connectTimeout = max(.zero, deadline - eventLoop.now)
+        return limits
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Closes the connection at `deadline` unless the returned task is cancelled first, and
+    /// logs why; for the stages before CONNECT.
+    func closeConnection(
+        at deadline: NIODeadline, logging message: Logger.Message, reason: String, with logger: ConnectionLogger
+    ) -> Scheduled<Void> {
+        eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            logger.info(message, metadata: ["reason": "\(reason)"])
+            close(promise: nil)
+        }
+    }
 }
 
 extension ChannelPipeline.SynchronousOperations {
@@ -51,14 +72,16 @@ extension ChannelPipeline.SynchronousOperations {
     ) throws {
         let eventLoop = self.eventLoop
         let path = listener.path
+        let deadline = eventLoop.now + limits.connectTimeout
         let finish: (any Channel, ClientCertificate?) throws -> Void = { channel, certificate in
             if let path {
                 try channel.pipeline.syncOperations.configureWebSocketUpgrade(
-                    path: path, broker: broker, limits: limits, clientCertificate: certificate, logger: logger)
+                    path: path, broker: broker, limits: limits, deadline: deadline, clientCertificate: certificate,
+                    logger: logger)
             } else {
                 try channel.pipeline.syncOperations.configureMQTTServerPipeline(
-                    broker: broker, eventLoop: eventLoop, limits: limits, clientCertificate: certificate,
-                    logger: logger)
+                    broker: broker, eventLoop: eventLoop, limits: limits.remaining(until: deadline, on: eventLoop),
+                    clientCertificate: certificate, logger: logger)
             }
         }
         guard let tls else {
@@ -66,7 +89,7 @@ extension ChannelPipeline.SynchronousOperations {
             return
         }
         let gate = TLSHandshakeHandler(
-            verifier: tls.clientVerifier, handshakeTimeout: limits.connectTimeout, logger: logger, onVerified: finish)
+            verifier: tls.clientVerifier, deadline: deadline, logger: logger, onVerified: finish)
         // NIOSSL keeps its callback for the connection's life; the gate (and the certificate it
         // verified) should not outlive the handshake with it.
         try addHandler(
@@ -95,6 +118,7 @@ extension ChannelPipeline.SynchronousOperations {
         path: String,
         broker: Broker,
         limits: MQTTConnectionLimits,
+        deadline: NIODeadline,
         clientCertificate: ClientCertificate?,
         logger: Logger
     ) throws {
@@ -111,7 +135,8 @@ extension ChannelPipeline.SynchronousOperations {
                     let operations = channel.pipeline.syncOperations
                     try operations.addHandler(MQTTWebSocketHandler(logger: logger))
                     try operations.configureMQTTServerPipeline(
-                        broker: broker, eventLoop: channel.eventLoop, limits: limits,
+                        broker: broker, eventLoop: channel.eventLoop,
+                        limits: limits.remaining(until: deadline, on: channel.eventLoop),
                         clientCertificate: clientCertificate, logger: logger)
                 }
             }
@@ -125,7 +150,7 @@ extension ChannelPipeline.SynchronousOperations {
             )
         )
         try addHandler(
-            WebSocketRefusalHandler(path: path, upgradeTimeout: limits.connectTimeout, logger: logger),
+            WebSocketRefusalHandler(path: path, deadline: deadline, logger: logger),
             name: WebSocketRefusalHandler.name)
     }
 }

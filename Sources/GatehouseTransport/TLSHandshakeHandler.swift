@@ -15,7 +15,7 @@ final class TLSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundIn = NIOAny
 
     private let verifier: ClientCertificateVerifier?
-    private let handshakeTimeout: TimeAmount
+    private let deadline: NIODeadline
     private let onVerified: (any Channel, ClientCertificate?) throws -> Void
     private var logger: ConnectionLogger
     private var timeout: Scheduled<Void>?
@@ -25,12 +25,12 @@ final class TLSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     init(
         verifier: ClientCertificateVerifier?,
-        handshakeTimeout: TimeAmount,
+        deadline: NIODeadline,
         logger: Logger,
         onVerified: @escaping (any Channel, ClientCertificate?) throws -> Void
     ) {
         self.verifier = verifier
-        self.handshakeTimeout = handshakeTimeout
+        self.deadline = deadline
         self.logger = ConnectionLogger(logger)
         self.onVerified = onVerified
     }
@@ -60,10 +60,9 @@ final class TLSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     func handlerAdded(context: ChannelHandlerContext) {
         logger.remote = context.remoteAddress
-        timeout = context.eventLoop.assumeIsolated().scheduleTask(in: handshakeTimeout) { [self] in
-            logger.info("TLS connection refused", metadata: ["reason": "no TLS handshake within the connect timeout"])
-            context.close(promise: nil)
-        }
+        timeout = context.closeConnection(
+            at: deadline, logging: "TLS connection refused", reason: "no TLS handshake within the connect timeout",
+            with: logger)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

@@ -130,3 +130,40 @@ struct ListenAddressTests {
         }
     }
 }
+
+/// The stages before CONNECT, on an EmbeddedChannel whose clock the test moves.
+@Suite("connect budget")
+struct ConnectBudgetTests {
+    @Test("the WebSocket upgrade and CONNECT share one connect timeout, counted from accept")
+    func sharedBudget() throws {
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let broker = Broker(
+            configuration: BrokerConfiguration(), authenticator: AuthenticatorChain([]),
+            authorizer: AllowAllAuthorizer(), logger: logger)
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.configureListenerPipeline(
+            channel: channel, listener: ListenAddress(kind: .ws, host: "127.0.0.1", port: 0, path: "/mqtt"), tls: nil,
+            broker: broker, limits: MQTTConnectionLimits(connectTimeout: .seconds(10)), logger: logger)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(6))
+        let upgrade = """
+            GET /mqtt HTTP/1.1\r
+            Host: localhost\r
+            Upgrade: websocket\r
+            Connection: Upgrade\r
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r
+            Sec-WebSocket-Version: 13\r
+            Sec-WebSocket-Protocol: mqtt\r
+            \r
+
+            """
+        try channel.writeInbound(ByteBuffer(string: upgrade))
+        channel.embeddedEventLoop.run()
+        let response = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(String(buffer: response).hasPrefix("HTTP/1.1 101"))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        #expect(channel.isActive)  // 9 s after accept
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(!channel.isActive)  // 11 s: no CONNECT within the 10 s from accept
+    }
+}
