@@ -57,8 +57,8 @@ public final class JWTAuthenticator: Authenticator {
 
     // MARK: Deciding
 
-    enum Step {
-        case decided(Result<Principal, IAMError>)
+    enum Step<Value> {
+        case decided(Result<Value, IAMError>)
         /// The issuer's key for this token is not resolved yet (an asynchronous step).
         case needsKey(KeyRequest)
     }
@@ -70,7 +70,9 @@ public final class JWTAuthenticator: Authenticator {
         var algorithm: String
     }
 
-    private func decide(_ token: [UInt8], snapshot: IdentitySnapshot, _ credentials: ConnectCredentials) -> Step {
+    private func decide(_ token: [UInt8], snapshot: IdentitySnapshot, _ credentials: ConnectCredentials) -> Step<
+        Principal
+    > {
         let digest = SHA256.hash(data: token)
         let claims: VerifiedClaims
         if let remembered = verified.withLockedValue({ $0.value(for: digest, sequence: snapshot.sequence) }) {
@@ -78,8 +80,8 @@ public final class JWTAuthenticator: Authenticator {
         } else {
             switch verify(token, snapshot: snapshot) {
             case .needsKey(let request): return .needsKey(request)
-            case .failed(let reason): return .decided(.failure(reason))
-            case .verified(let fresh):
+            case .decided(.failure(let reason)): return .decided(.failure(reason))
+            case .decided(.success(let fresh)):
                 claims = fresh
                 verified.withLockedValue {
                     $0.insert(fresh, for: digest, sequence: snapshot.sequence, capacity: Self.verifiedCapacity)
@@ -89,20 +91,14 @@ public final class JWTAuthenticator: Authenticator {
         return .decided(principal(from: claims, snapshot: snapshot, credentials))
     }
 
-    enum Verification {
-        case verified(VerifiedClaims)
-        case needsKey(KeyRequest)
-        case failed(IAMError)
-    }
-
     /// The signature and the claims that do not change with time, for the issuer the token names.
-    private func verify(_ token: [UInt8], snapshot: IdentitySnapshot) -> Verification {
+    private func verify(_ token: [UInt8], snapshot: IdentitySnapshot) -> Step<VerifiedClaims> {
         guard let parsed = CompactJWT(token), let issuerName = parsed.claims.string("iss") else {
-            return .failed(IAMError("unreadable"))
+            return .decided(.failure(IAMError("unreadable")))
         }
         let trusted = snapshot.issuers[issuerName]
         guard issuerName == JWTIssuer.issuerName || trusted != nil else {
-            return .failed(IAMError("untrusted issuer '\(issuerName)'"))
+            return .decided(.failure(IAMError("untrusted issuer '\(issuerName)'")))
         }
         guard
             let key = keys.withLockedValue({ $0.value(for: issuerName, sequence: snapshot.sequence) })?
@@ -112,16 +108,16 @@ public final class JWTAuthenticator: Authenticator {
                 KeyRequest(issuerName: issuerName, trusted: trusted, keyID: parsed.keyID, algorithm: parsed.algorithm))
         }
         guard (try? key.verify(parsed.signature, signs: parsed.signingInput)) == true else {
-            return .failed(IAMError("signature not verified"))
+            return .decided(.failure(IAMError("signature not verified")))
         }
         guard parsed.claims.strings("aud").contains(trusted?.audience ?? JWTIssuer.audience) else {
-            return .failed(IAMError("wrong audience"))
+            return .decided(.failure(IAMError("wrong audience")))
         }
-        guard let expiry = parsed.claims.number("exp") else { return .failed(IAMError("no 'exp' claim")) }
+        guard let expiry = parsed.claims.number("exp") else { return .decided(.failure(IAMError("no 'exp' claim"))) }
         guard let claims = VerifiedClaims(parsed.claims, issuer: trusted, expiry: Int64(expiry)) else {
-            return .failed(IAMError("no subject or tenant claim"))
+            return .decided(.failure(IAMError("no subject or tenant claim")))
         }
-        return .verified(claims)
+        return .decided(.success(claims))
     }
 
     /// Builds the issuer's key collection (once per snapshot) and resolves the token's key in it.
@@ -168,8 +164,8 @@ public final class JWTAuthenticator: Authenticator {
             principal.expiresAt = claims.expiry
             return .success(principal)
         }
-        // The issuer may have been removed since the claims were verified.
-        guard snapshot.issuers[claims.issuer] != nil else { return .failure(IAMError("untrusted issuer")) }
+        // The issuer is still trusted: remembered claims hold only for the snapshot they were
+        // verified on, and removing an issuer moves the snapshot on.
         return .success(
             Principal(
                 identityID: external.identityID, username: claims.subject,
@@ -179,7 +175,7 @@ public final class JWTAuthenticator: Authenticator {
 
     /// Three base64url parts, the header a JSON object (`eyJ` is `{"`).
     static func looksLikeJWT(_ password: [UInt8]) -> Bool {
-        password.starts(with: Array("eyJ".utf8)) && password.count(where: { $0 == UInt8(ascii: ".") }) == 2
+        password.starts(with: "eyJ".utf8) && password.count(where: { $0 == UInt8(ascii: ".") }) == 2
     }
 }
 
@@ -216,7 +212,6 @@ struct VerifiedClaims: Sendable {
         var tenant: String
     }
 
-    var issuer: String
     var subject: String
     var roles: [String]
     var expiry: Int64
@@ -232,7 +227,6 @@ struct VerifiedClaims: Sendable {
         self.notBefore = claims.number("nbf").map { Int64($0) }
         guard let issuer else {
             guard let subject = claims.string("sub") else { return nil }
-            self.issuer = JWTIssuer.issuerName
             self.subject = subject
             self.roles = claims.strings("roles")
             self.tokenID = claims.string("jti")
@@ -242,7 +236,6 @@ struct VerifiedClaims: Sendable {
         guard let subject = claims.string(issuer.subjectClaim), !subject.isEmpty,
             let tenant = claims.string(issuer.tenantClaim) ?? issuer.defaultTenant
         else { return nil }
-        self.issuer = issuer.issuer
         self.subject = subject
         self.roles = claims.strings(issuer.rolesClaim).sorted()
         self.credentialID = "jwt:\(issuer.issuer)"

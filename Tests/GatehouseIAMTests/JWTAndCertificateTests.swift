@@ -145,6 +145,7 @@ struct JWTTests {
         let (temporary, signer, _) = try await externalIssuer()
         let authenticator = JWTAuthenticator(store: temporary.store, logger: temporary.logger)
         let first = try await signer.sign(claims(), kid: "k1")
+        _ = try await temporary.store.snapshot()
         #expect(authenticator.authenticateImmediately(credentials(password: first)) == nil)  // key not resolved yet
         #expect(await authenticator.authenticate(credentials(password: first)).principal != nil)
         let second = try await signer.sign(claims(exp: now + 200), kid: "k1")
@@ -164,6 +165,7 @@ struct JWTTests {
 
         // A remembered token meets the store's changes: its issuer removed, it is refused.
         try temporary.store.removeIssuer("https://idp.example", actor: "t")
+        _ = try await temporary.store.snapshot()
         #expect(authenticator.authenticateImmediately(credentials(password: second)) == nil)
         #expect(await authenticator.authenticate(credentials(password: second)) == .rejected)
     }
