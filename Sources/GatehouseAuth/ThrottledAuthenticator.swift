@@ -25,7 +25,13 @@ public final class ThrottledAuthenticator: Authenticator {
 
     private let inner: any Authenticator
     private let backoff: Backoff
-    private let failures = Mutex<[String: Failures]>([:])
+    private struct Record {
+        var table: [String: Failures] = [:]
+        /// The latest failure of all: once it is forgotten, so is every entry.
+        var newest = ContinuousClock.Instant.now
+    }
+
+    private let failures = Mutex(Record())
     /// Bounds the memory an attacker with many addresses can make the table use.
     private let maximumEntries = 100_000
 
@@ -45,7 +51,7 @@ public final class ThrottledAuthenticator: Authenticator {
 
     public func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
         // With no failure on record (the usual case) an accept needs no keys and no second lock.
-        if failures.withLock({ $0.isEmpty }) {
+        if nothingOnRecord() {
             guard let outcome = inner.authenticateImmediately(credentials) else { return nil }
             if case .accepted = outcome { return outcome }
             record(Self.keys(credentials), success: false)
@@ -55,6 +61,17 @@ public final class ThrottledAuthenticator: Authenticator {
         guard delay(for: keys) == .zero, let outcome = inner.authenticateImmediately(credentials) else { return nil }
         record(keys, success: { if case .accepted = outcome { true } else { false } }())
         return outcome
+    }
+
+    /// Whether no failure is remembered; forgets them all once the newest is old enough, so
+    /// that one failure long ago does not keep every later CONNECT off the fast path.
+    private func nothingOnRecord() -> Bool {
+        failures.withLock { record in
+            if !record.table.isEmpty, ContinuousClock.now - record.newest >= backoff.forgetAfter {
+                record.table.removeAll()
+            }
+            return record.table.isEmpty
+        }
     }
 
     /// How long the next attempt with these credentials would wait now.
@@ -69,9 +86,9 @@ public final class ThrottledAuthenticator: Authenticator {
 
     private func delay(for keys: [String]) -> Duration {
         let now = ContinuousClock.now
-        let count = failures.withLock { table in
+        let count = failures.withLock { record in
             keys.compactMap { key in
-                table[key].flatMap { now - $0.last < backoff.forgetAfter ? $0.count : nil }
+                record.table[key].flatMap { now - $0.last < backoff.forgetAfter ? $0.count : nil }
             }.max() ?? 0
         }
         guard count > 0 else { return .zero }
@@ -81,18 +98,20 @@ public final class ThrottledAuthenticator: Authenticator {
 
     private func record(_ keys: [String], success: Bool) {
         let now = ContinuousClock.now
-        failures.withLock { table in
+        failures.withLock { record in
             for key in keys {
                 if success {
-                    table[key] = nil
+                    record.table[key] = nil
                 } else {
-                    let previous = table[key].flatMap { now - $0.last < backoff.forgetAfter ? $0.count : nil } ?? 0
-                    table[key] = Failures(count: previous + 1, last: now)
+                    let previous =
+                        record.table[key].flatMap { now - $0.last < backoff.forgetAfter ? $0.count : nil } ?? 0
+                    record.table[key] = Failures(count: previous + 1, last: now)
+                    record.newest = now
                 }
             }
-            if table.count > maximumEntries {
-                table = table.filter { now - $0.value.last < backoff.forgetAfter }
-                if table.count > maximumEntries { table.removeAll() }
+            if record.table.count > maximumEntries {
+                record.table = record.table.filter { now - $0.value.last < backoff.forgetAfter }
+                if record.table.count > maximumEntries { record.table.removeAll() }
             }
         }
     }

@@ -168,4 +168,17 @@ struct BackoffTests {
                 != nil)
         #expect(throttled.delay(for: attempt) == .zero)
     }
+
+    @Test("a failure is forgotten after the quiet period: the next attempt does not wait")
+    func forgetting() async throws {
+        let throttled = ThrottledAuthenticator(
+            Refuser(), backoff: .init(base: .seconds(5), maximum: .seconds(5), forgetAfter: .milliseconds(50)))
+        let attempt = credentials(username: "u", password: "bad", address: "10.0.0.9")
+        _ = await throttled.authenticate(attempt)
+        #expect(throttled.delay(for: attempt) == .seconds(5))
+        try await Task.sleep(for: .milliseconds(80))
+        #expect(throttled.delay(for: attempt) == .zero)
+        let good = credentials(username: "u", password: "good", address: "10.0.0.9")
+        #expect(await throttled.authenticate(good).principal != nil)
+    }
 }
