@@ -45,7 +45,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     /// of an extra pipeline handler. [MQTT-3.1.2-24]
     private var keepAliveTask: Scheduled<Void>?
     private var keepAliveTimeout = TimeAmount.zero
-    private var packetReadInCycle = false
     private var lastPacketAt = NIODeadline.uptimeNanoseconds(0)
     /// This connection's publish decisions (its principal is fixed once connected).
     private var publishDecisions = DecisionCache()
@@ -93,16 +92,13 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         inReadCycle = true
-        packetReadInCycle = true
         handle(unwrapInboundIn(data))
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
+        // A packet arrived in this cycle (channelRead set the flag): the keep-alive restarts.
+        if inReadCycle, keepAliveTask != nil { lastPacketAt = eventLoop.now }
         inReadCycle = false
-        if packetReadInCycle {
-            packetReadInCycle = false
-            if keepAliveTask != nil { lastPacketAt = eventLoop.now }
-        }
         if drainPending {
             drainPending = false
             sessionHasOutput()
