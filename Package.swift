@@ -32,6 +32,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        // No swift-configuration: Gatehouse reads its own YAML file.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .target(
@@ -82,6 +85,24 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "GatehouseHTTP",
+            dependencies: [
+                "GatehouseIAM", "GatehouseAuth",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [.embedInCode("openapi.json")],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "GatehouseTransport",
             dependencies: [
                 "MQTTCore", "GatehouseBroker", "GatehouseAuth", "GatehouseCertificates",
@@ -102,7 +123,7 @@ let package = Package(
         .target(
             name: "GatehouseConfig",
             dependencies: [
-                "GatehouseBroker", "GatehouseTransport",
+                "GatehouseBroker", "GatehouseTransport", "GatehouseHTTP", "GatehouseIAM",
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings
@@ -111,13 +132,14 @@ let package = Package(
             name: "gatehouse",
             dependencies: [
                 "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig", "GatehouseCertificates",
-                "GatehouseIAM", "GatehouseACL",
+                "GatehouseIAM", "GatehouseACL", "GatehouseHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: strictSettings
         ),

@@ -1,4 +1,6 @@
 public import GatehouseBroker
+public import GatehouseHTTP
+public import GatehouseIAM
 public import GatehouseTransport
 import Yams
 
@@ -10,6 +12,12 @@ public struct ServerConfiguration: Sendable, Equatable {
         ListenerOptions(address: ListenAddress(host: "127.0.0.1", port: 1883)),
         ListenerOptions(address: ListenAddress(kind: .tls, host: "127.0.0.1", port: 8883)),
     ]
+    /// The HTTP side (OAuth2, JWKS, discovery) on loopback only, unless configured otherwise.
+    public var httpListeners = [HTTPListenerOptions(secure: false, host: "127.0.0.1", port: 8080)]
+    public var http = HTTPSettings()
+    public var oauth = OAuthSettings()
+    /// CA certificates (PEM) trusted for clients' `jwks_uri`; nil uses the system's roots.
+    public var jwksCAFile: String?
     public var dataDirectory = "./data"
     public var allowAnonymous = false
     public var logLevel = "info"
@@ -64,6 +72,34 @@ public struct ServerConfiguration: Sendable, Equatable {
         }
     }
 
+    /// An http:// or https:// listener of the HTTP side.
+    public struct HTTPListenerOptions: Sendable, Equatable {
+        public var secure: Bool
+        public var host: String
+        public var port: Int
+        public var tls = TLSOptions()
+
+        public init(secure: Bool, host: String, port: Int, tls: TLSOptions = TLSOptions()) {
+            self.secure = secure
+            self.host = host
+            self.port = port
+            self.tls = tls
+        }
+
+        /// `http://HOST:PORT` or `https://HOST:PORT`; nil for any other scheme.
+        public static func parse(_ text: String) throws(ListenAddress.ParseError) -> HTTPListenerOptions? {
+            let lowered = text.lowercased()
+            let secure = lowered.hasPrefix("https://")
+            guard secure || lowered.hasPrefix("http://") else { return nil }
+            let rest = text.drop(while: { $0 != ":" }).dropFirst(3)
+            guard !rest.contains("/") else {
+                throw ListenAddress.ParseError(description: "an HTTP listener takes no path (in '\(text)')")
+            }
+            let address = try ListenAddress(parsing: "mqtt://" + rest)
+            return HTTPListenerOptions(secure: secure, host: address.host, port: address.port)
+        }
+    }
+
     /// The `tls:` keys of a listener. Without `certificate` and `key`, the listener uses the
     /// development certificates under `DATA_DIR/certs` (made on first start) and their CA for
     /// client certificates.
@@ -108,6 +144,35 @@ public struct ServerConfiguration: Sendable, Equatable {
         return (listeners, usesDevelopmentCertificates)
     }
 
+    /// The HTTP listeners with their TLS files named (the development certificates where none
+    /// are), and whether any uses the development certificates.
+    public func resolvedHTTPListeners() -> (
+        listeners: [(host: String, port: Int, tls: TLSSettings?)], usesDevelopmentCertificates: Bool
+    ) {
+        var usesDevelopmentCertificates = false
+        let directory = developmentCertificatesDirectory
+        let listeners = httpListeners.map { options -> (host: String, port: Int, tls: TLSSettings?) in
+            guard options.secure else { return (options.host, options.port, nil) }
+            let tls = options.tls
+            if let certificate = tls.certificate, let key = tls.key {
+                return (
+                    options.host, options.port,
+                    TLSSettings(
+                        certificateFile: certificate, keyFile: key, keyPassword: tls.keyPassword,
+                        clientCertificates: .none)
+                )
+            }
+            usesDevelopmentCertificates = true
+            return (
+                options.host, options.port,
+                TLSSettings(
+                    certificateFile: directory + "/server.pem", keyFile: directory + "/server.key",
+                    clientCertificates: .none)
+            )
+        }
+        return (listeners, usesDevelopmentCertificates)
+    }
+
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
     public init() {}
@@ -144,7 +209,12 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 extension ServerConfiguration {
     private static let topLevelKeys = [
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
-        "iam_database", "acl", "acl_refused_publish",
+        "iam_database", "acl", "acl_refused_publish", "http", "oauth",
+    ]
+    private static let httpKeys = ["public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client"]
+    private static let oauthKeys = [
+        "access_token_lifetime", "refresh_token_lifetime", "max_assertion_lifetime", "refresh_retry_window",
+        "jwks_cache_seconds", "jwks_ca_file",
     ]
     private static let authenticationKeys = ["methods", "backoff_base_ms", "backoff_max_ms"]
     private static let limitKeys = [
@@ -171,11 +241,55 @@ extension ServerConfiguration {
             switch key {
             case "listeners":
                 configuration.listeners = []
+                configuration.httpListeners = []
                 for item in try reader.sequence(value, key) {
-                    configuration.listeners.append(try reader.listener(item))
+                    switch try reader.listener(item) {
+                    case .mqtt(let listener): configuration.listeners.append(listener)
+                    case .http(let listener): configuration.httpListeners.append(listener)
+                    }
                 }
                 if configuration.listeners.isEmpty {
-                    throw reader.error(at: value, "'listeners' needs at least one URL")
+                    throw reader.error(at: value, "'listeners' needs at least one MQTT listener URL")
+                }
+            case "http":
+                for (httpKey, httpValue) in try reader.mapping(value, "'http'") {
+                    let name = try reader.key(httpKey, allowed: httpKeys, section: "http")
+                    switch name {
+                    case "public_url":
+                        let url = try reader.string(httpValue, name)
+                        guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                            throw reader.error(at: httpValue, "'public_url' must be an http:// or https:// URL")
+                        }
+                        configuration.http.publicURL = url
+                    case "max_body_size":
+                        configuration.http.maximumBodySize = try reader.int(httpValue, name, in: 1_024...16_777_216)
+                    case "token_rate_per_address":
+                        configuration.http.tokenRequestsPerAddress = Double(
+                            try reader.int(httpValue, name, in: 0...1_000_000))
+                    default:
+                        configuration.http.tokenRequestsPerClient = Double(
+                            try reader.int(httpValue, name, in: 0...1_000_000))
+                    }
+                }
+            case "oauth":
+                for (oauthKey, oauthValue) in try reader.mapping(value, "'oauth'") {
+                    let name = try reader.key(oauthKey, allowed: oauthKeys, section: "oauth")
+                    switch name {
+                    case "access_token_lifetime":
+                        configuration.oauth.accessTokenLifetime = Int64(
+                            try reader.int(oauthValue, name, in: 10...86_400))
+                    case "refresh_token_lifetime":
+                        configuration.oauth.refreshTokenLifetime = Int64(
+                            try reader.int(oauthValue, name, in: 60...31_536_000))
+                    case "max_assertion_lifetime":
+                        configuration.oauth.maximumAssertionLifetime = Int64(
+                            try reader.int(oauthValue, name, in: 10...86_400))
+                    case "refresh_retry_window":
+                        configuration.oauth.refreshRetryWindow = Int64(try reader.int(oauthValue, name, in: 0...300))
+                    case "jwks_cache_seconds":
+                        configuration.oauth.jwksCacheSeconds = Int64(try reader.int(oauthValue, name, in: 0...86_400))
+                    default: configuration.jwksCAFile = try reader.string(oauthValue, name)
+                    }
                 }
             case "data_dir": configuration.dataDirectory = try reader.string(value, key)
             case "allow_anonymous": configuration.allowAnonymous = try reader.bool(value, key)
@@ -253,15 +367,49 @@ private struct NodeReader {
     private static let listenerKeys = ["url", "tls"]
     private static let tlsKeys = ["certificate", "key", "key_password", "client_ca", "crl", "client_certificates"]
 
-    /// A listener: a URL, or a mapping with `url` and `tls`.
-    func listener(_ node: Node) throws(ConfigurationError) -> ServerConfiguration.ListenerOptions {
-        if case .scalar = node { return ServerConfiguration.ListenerOptions(address: try address(node)) }
+    enum AnyListener {
+        case mqtt(ServerConfiguration.ListenerOptions)
+        case http(ServerConfiguration.HTTPListenerOptions)
+    }
+
+    /// A listener: a URL, or a mapping with `url` and `tls`; http:// and https:// ones are the HTTP side's.
+    func listener(_ node: Node) throws(ConfigurationError) -> AnyListener {
+        if let urlNode = urlNode(node) {
+            let text = try string(urlNode, "a listener")
+            let parsed: ServerConfiguration.HTTPListenerOptions?
+            do { parsed = try ServerConfiguration.HTTPListenerOptions.parse(text) } catch {
+                throw self.error(at: urlNode, error.description)
+            }
+            if var http = parsed {
+                if case .mapping = node, case .mqtt(let options) = try mqttListener(node, httpURL: true) {
+                    guard http.secure || options.tls == ServerConfiguration.TLSOptions() else {
+                        throw self.error(at: node, "'tls' belongs to https:// listeners, not http://")
+                    }
+                    http.tls = options.tls
+                }
+                return .http(http)
+            }
+        }
+        return try mqttListener(node, httpURL: false)
+    }
+
+    /// The node holding a listener's URL: the scalar itself or its `url` key.
+    private func urlNode(_ node: Node) -> Node? {
+        if case .scalar = node { return node }
+        guard case .mapping(let mapping) = node else { return nil }
+        return mapping.first { $0.key.string == "url" }?.value
+    }
+
+    private func mqttListener(_ node: Node, httpURL: Bool) throws(ConfigurationError) -> AnyListener {
+        if case .scalar = node { return .mqtt(ServerConfiguration.ListenerOptions(address: try address(node))) }
         var address: ListenAddress?
         var tls = ServerConfiguration.TLSOptions()
         var tlsNode: Node?
         for (keyNode, value) in try mapping(node, "a listener") {
             switch try key(keyNode, allowed: Self.listenerKeys, section: "listeners") {
-            case "url": address = try self.address(value)
+            case "url":
+                // An HTTP listener's URL was read by the caller; this reads only its `tls`.
+                address = httpURL ? ListenAddress(kind: .tls, host: "-", port: 0) : try self.address(value)
             default:
                 tlsNode = value
                 for (tlsKey, tlsValue) in try mapping(value, "'tls'") {
@@ -293,7 +441,7 @@ private struct NodeReader {
                     at: tlsNode, "'tls' needs both 'certificate' and 'key', or neither (development certificates)")
             }
         }
-        return ServerConfiguration.ListenerOptions(address: address, tls: tls)
+        return .mqtt(ServerConfiguration.ListenerOptions(address: address, tls: tls))
     }
 
     private func address(_ node: Node) throws(ConfigurationError) -> ListenAddress {

@@ -138,13 +138,67 @@ public final class IdentityStore: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("3-oauth") { db in
+            // OAuth2 clients (an identity with grants and keys), assertion issuers for the
+            // JWT-bearer grant, single-use assertion ids, and refresh tokens in families.
+            try db.execute(
+                sql: """
+                    CREATE TABLE oauth_client (
+                        identity_id TEXT PRIMARY KEY NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        -- comma-separated: client_credentials, jwt-bearer, refresh_token
+                        grants TEXT NOT NULL,
+                        -- comma-separated scopes it may ask for (NULL: every role the identity holds)
+                        scopes TEXT,
+                        secret_hash BLOB,
+                        secret_kdf TEXT,
+                        jwks TEXT,
+                        jwks_uri TEXT,
+                        enabled INTEGER NOT NULL DEFAULT 1,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE assertion_issuer (
+                        issuer TEXT PRIMARY KEY NOT NULL,
+                        jwks TEXT,
+                        jwks_uri TEXT,
+                        -- subjects are identities of this tenant (NULL: any tenant)
+                        tenant TEXT REFERENCES tenant(name),
+                        -- the subjects it may assert: '*', 'prefix*' or one name
+                        subjects TEXT NOT NULL,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE seen_assertion (
+                        issuer TEXT NOT NULL,
+                        jti TEXT NOT NULL,
+                        expires_at INTEGER NOT NULL,
+                        PRIMARY KEY (issuer, jti)
+                    );
+                    CREATE TABLE refresh_token (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        token_hash BLOB NOT NULL UNIQUE,
+                        family TEXT NOT NULL,
+                        identity_id TEXT NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        client_id TEXT NOT NULL,
+                        scope TEXT NOT NULL,
+                        issued_at INTEGER NOT NULL,
+                        expires_at INTEGER NOT NULL,
+                        used_at INTEGER,
+                        revoked_at INTEGER
+                    );
+                    CREATE INDEX refresh_token_family ON refresh_token(family);
+                    ALTER TABLE issued_jwt ADD COLUMN family TEXT;
+                    ALTER TABLE issued_jwt ADD COLUMN client_id TEXT;
+                    CREATE INDEX issued_jwt_family ON issued_jwt(family) WHERE family IS NOT NULL;
+                    """)
+        }
         return migrator
     }
 
     /// Runs `body` in one write transaction; `conflict` is the message when it would duplicate
     /// a unique name.
-    func write<T>(conflict: String? = nil, _ body: (Database) throws -> T) throws -> T {
-        defer { cachedSnapshot.withLockedValue { $0 = nil } }
+    func write<T>(conflict: String? = nil, keepsSnapshot: Bool = false, _ body: (Database) throws -> T) throws -> T {
+        // Writes that change nothing an authenticator reads (an issued token's record, a used
+        // assertion id) keep the snapshot: the token endpoint must not reload it per request.
+        defer { if !keepsSnapshot { cachedSnapshot.withLockedValue { $0 = nil } } }
         do {
             return try database.write(body)
         } catch let error as IAMError {

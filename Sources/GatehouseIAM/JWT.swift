@@ -77,6 +77,15 @@ struct IssuedClaims: JWTPayload {
     var nbf: Int64
     var exp: Int64
     var jti: String
+    /// The OAuth2 client the token was issued to (RFC 9068 §2.2), for tokens from the token endpoint.
+    var clientID: String?
+    /// The granted roles as an OAuth2 scope, space-separated.
+    var scope: String?
+
+    enum CodingKeys: String, CodingKey {
+        case iss, aud, sub, tenant, roles, iat, nbf, exp, jti, scope
+        case clientID = "client_id"
+    }
 
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
@@ -110,13 +119,12 @@ public struct JWTIssuer: Sendable {
             throw IAMError("'\(name)' does not have the role(s) \(missing.sorted().joined(separator: ", "))")
         }
         let (kid, pem) = try Self.currentKey(in: store, actor: actor)
-        let keys = JWTKeyCollection()
-        await keys.add(ecdsa: try ES256PrivateKey(pem: pem), kid: JWKIdentifier(string: kid))
+        let keys = try await Self.signingKeys(kid: kid, pem: pem)
         let issuedAt = now()
         let claims = IssuedClaims(
             iss: Self.issuerName, aud: Self.audience, sub: identity.name, tenant: identity.tenant,
             roles: granted.sorted(),
-            iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"))
+            iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"), clientID: nil, scope: nil)
         let token = try await keys.sign(claims, kid: JWKIdentifier(string: kid))
         try store.write { db in
             try db.execute(
@@ -127,6 +135,64 @@ public struct JWTIssuer: Sendable {
                 detail: "kid=\(kid) jti=\(claims.jti) exp=\(claims.exp)")
         }
         return token
+    }
+
+    /// An access token for the token endpoint: signed with the current key and recorded, so
+    /// that it can be revoked with its refresh-token family, but with no audit row (issuing
+    /// changes nothing that CONNECT decides on).
+    func signAccessToken(
+        identity: Identity, roles: [String], lifetime: Int64, clientID: String, family: String?
+    ) async throws -> (token: String, tokenID: String, expiresAt: Int64) {
+        let (kid, pem) = try await store.offloaded { [store] in
+            try Self.currentKey(in: store, actor: "gatehouse:oauth")
+        }
+        let keys = try await Self.signingKeys(kid: kid, pem: pem)
+        let issuedAt = now()
+        let claims = IssuedClaims(
+            iss: Self.issuerName, aud: Self.audience, sub: identity.name, tenant: identity.tenant,
+            roles: roles.sorted(), iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"),
+            clientID: clientID, scope: roles.sorted().joined(separator: " "))
+        let token = try await keys.sign(claims, kid: JWKIdentifier(string: kid))
+        try await store.offloaded { [store] in
+            try store.write(keepsSnapshot: true) { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO issued_jwt (jti, identity_id, kid, issued_at, expires_at, family, client_id)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [claims.jti, identity.id, kid, issuedAt, claims.exp, family, clientID])
+            }
+        }
+        return (token, claims.jti, claims.exp)
+    }
+
+    /// Parsing a PEM key costs more than signing with it: one collection per signing key.
+    private static let signers = NIOLockedValueBox<[String: JWTKeyCollection]>([:])
+
+    static func signingKeys(kid: String, pem: String) async throws -> JWTKeyCollection {
+        if let cached = signers.withLockedValue({ $0[kid] }) { return cached }
+        let keys = JWTKeyCollection()
+        await keys.add(ecdsa: try ES256PrivateKey(pem: pem), kid: JWKIdentifier(string: kid))
+        signers.withLockedValue { $0[kid] = keys }
+        return keys
+    }
+
+    /// The public halves of the current key and the one before it, as a JWKS (RFC 7517): what
+    /// the `jwt` authenticator accepts, so what `/.well-known/jwks.json` serves.
+    public static func publishedKeys(in store: IdentityStore) throws -> String {
+        let rows = try store.read { db in
+            try Row.fetchAll(db, sql: "SELECT kid, private_key_pem FROM signing_key ORDER BY rowid DESC LIMIT 2")
+        }
+        var keys: [[String: Any]] = []
+        for row in rows {
+            let key = try P256.Signing.PrivateKey(pemRepresentation: row["private_key_pem"] as String).publicKey
+            let raw = Array(key.rawRepresentation)  // x ‖ y, 32 bytes each
+            keys.append([
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": row["kid"] as String,
+                "x": base64URL(raw[0..<32]), "y": base64URL(raw[32..<64]),
+            ])
+        }
+        return PublishedKeySet(keys: keys).json
     }
 
     /// The JWTs issued to `name`, newest first.
@@ -148,7 +214,9 @@ public struct JWTIssuer: Sendable {
     }
 
     /// Revokes one issued JWT: it is refused from now on and the sessions it opened end.
-    public static func revoke(_ tokenID: String, in store: IdentityStore, actor: String) throws {
+    /// Returns the id of the identity it was issued to.
+    @discardableResult
+    public static func revoke(_ tokenID: String, in store: IdentityStore, actor: String) throws -> String {
         try store.write { db in
             guard
                 let row = try Row.fetchOne(
@@ -164,6 +232,7 @@ public struct JWTIssuer: Sendable {
             try IdentityStore.audit(
                 db, actor: actor, action: "jwt.revoke", subject: row["name"], identityID: row["identity_id"],
                 detail: "jti=\(tokenID)")
+            return row["identity_id"]
         }
     }
 
@@ -232,4 +301,10 @@ extension TrustedIssuer {
     public func validateKeys() async throws {
         _ = try await keyCollection()
     }
+}
+
+/// base64url without padding (RFC 7515 §2).
+func base64URL(_ bytes: some Collection<UInt8>) -> String {
+    Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+        .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
 }

@@ -54,10 +54,7 @@ enum APIToken {
     static let prefix = "gth_"
 
     static func generate() -> String {
-        let bytes = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }
-        let text = bytes.base64EncodedString().replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
-        return prefix + text
+        prefix + base64URL(SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) })
     }
 
     static func digest(_ token: some Sequence<UInt8>) -> [UInt8] {

@@ -21,6 +21,8 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 
     public struct ParseError: Error, CustomStringConvertible, Sendable, Equatable {
         public let description: String
+
+        public init(description: String) { self.description = description }
     }
 
     public init(kind: Kind = .tcp, host: String, port: Int, path: String? = nil) {

@@ -58,25 +58,7 @@ public struct TLSServerContext: Sendable {
     /// Reads every file the settings name and builds the context: TLS 1.2 at least, ALPN
     /// `mqtt`, client certificates as configured.
     public static func load(_ settings: TLSSettings) throws(TLSSetupError) -> TLSServerContext {
-        let chain: [NIOSSLCertificate]
-        do {
-            chain = try NIOSSLCertificate.fromPEMFile(settings.certificateFile)
-        } catch {
-            throw TLSSetupError(description: "cannot read certificate '\(settings.certificateFile)': \(error)")
-        }
-        guard !chain.isEmpty else {
-            throw TLSSetupError(description: "no certificate in '\(settings.certificateFile)'")
-        }
-        let key: NIOSSLPrivateKey
-        do {
-            // Always through the callback: without one BoringSSL would prompt on the terminal
-            // for an encrypted key. No password configured means an empty one, which fails.
-            let password = Array((settings.keyPassword ?? "").utf8)
-            key = try NIOSSLPrivateKey(file: settings.keyFile, format: .pem) { setter in setter(password) }
-        } catch {
-            throw TLSSetupError(
-                description: "cannot read private key '\(settings.keyFile)' (wrong password or not PEM?): \(error)")
-        }
+        let (chain, key) = try settings.certificateAndKey()
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
@@ -133,6 +115,43 @@ public struct TLSServerContext: Sendable {
         } catch {
             throw TLSSetupError(description: "cannot build a TLS context: \(error)")
         }
+    }
+}
+
+extension TLSSettings {
+    /// The server's chain and key, each failure naming its file.
+    func certificateAndKey() throws(TLSSetupError) -> ([NIOSSLCertificate], NIOSSLPrivateKey) {
+        let chain: [NIOSSLCertificate]
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(certificateFile)
+        } catch {
+            throw TLSSetupError(description: "cannot read certificate '\(certificateFile)': \(error)")
+        }
+        guard !chain.isEmpty else {
+            throw TLSSetupError(description: "no certificate in '\(certificateFile)'")
+        }
+        let key: NIOSSLPrivateKey
+        do {
+            // Always through the callback: without one BoringSSL would prompt on the terminal
+            // for an encrypted key. No password configured means an empty one, which fails.
+            let password = Array((keyPassword ?? "").utf8)
+            key = try NIOSSLPrivateKey(file: keyFile, format: .pem) { setter in setter(password) }
+        } catch {
+            throw TLSSetupError(
+                description: "cannot read private key '\(keyFile)' (wrong password or not PEM?): \(error)")
+        }
+        return (chain, key)
+    }
+
+    /// For an https:// listener of the HTTP side: the same files, TLS 1.2 at least, ALPN
+    /// `http/1.1`, no client certificates.
+    public func httpsConfiguration() throws(TLSSetupError) -> TLSConfiguration {
+        let (chain, key) = try certificateAndKey()
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.applicationProtocols = ["http/1.1"]
+        return configuration
     }
 }
 

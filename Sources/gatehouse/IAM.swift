@@ -15,7 +15,8 @@ struct IAM: AsyncParsableCommand {
             """,
         subcommands: [
             TenantCommand.self, IdentityCommand.self, RoleCommand.self, GroupCommand.self, PasswordCommand.self,
-            TokenCommand.self, CertificateCommand.self, IssuerCommand.self, JWTCommand.self, AuditCommand.self,
+            TokenCommand.self, CertificateCommand.self, IssuerCommand.self, JWTCommand.self, ClientCommand.self,
+            AssertionIssuerCommand.self, AuditCommand.self,
         ]
     )
 }

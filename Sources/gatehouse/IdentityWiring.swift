@@ -74,15 +74,36 @@ struct RevocationEnforcer: Service {
     }
 
     private func enforce(_ identities: Set<String>) async {
-        let everyone = identities.contains("*")
-        for (clientID, principal) in broker.connectedPrincipals()
-        where everyone || identities.contains(principal.identityID) {
+        let sessions = BrokerSessionControl(store: store, broker: broker, logger: logger)
+        await sessions.endInvalidSessions { identities.contains("*") || identities.contains($0) }
+    }
+}
+
+/// Ends the broker sessions whose credential the store no longer accepts: for the HTTP side,
+/// which revokes tokens without knowing the broker, and for the enforcer's poll.
+struct BrokerSessionControl: SessionControl {
+    let store: IdentityStore
+    let broker: Broker
+    let logger: Logger
+
+    func endInvalidSessions(identityID: String) async -> Int {
+        // The authenticators' view first, so that the revoked credential cannot connect again.
+        _ = try? await store.refreshIfChanged()
+        return await endInvalidSessions { $0 == identityID }
+    }
+
+    @discardableResult
+    func endInvalidSessions(of identities: (String) -> Bool) async -> Int {
+        var ended = 0
+        for (clientID, principal) in broker.connectedPrincipals() where identities(principal.identityID) {
             guard await !store.isStillValid(principal) else { continue }
             if broker.disconnect(clientID: clientID, ifStill: principal, reason: .administrativeAction) {
+                ended += 1
                 logger.notice(
                     "session ended: its identity or credential changed",
                     metadata: ["client_id": "\(clientID)", "identity": "\(principal.username)"])
             }
         }
+        return ended
     }
 }

@@ -5,11 +5,13 @@ import GatehouseAuth
 import GatehouseBroker
 import GatehouseCertificates
 import GatehouseConfig
+import GatehouseHTTP
 import GatehouseIAM
 import GatehouseTransport
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import UnixSignals
 
@@ -74,10 +76,21 @@ struct Serve: AsyncParsableCommand {
             }
         }
         if !listeners.isEmpty {
-            settings.listeners = try listeners.map { text in
-                do { return ServerConfiguration.ListenerOptions(address: try ListenAddress(parsing: text)) } catch {
+            settings.listeners = []
+            settings.httpListeners = []
+            for text in listeners {
+                do {
+                    if let http = try ServerConfiguration.HTTPListenerOptions.parse(text) {
+                        settings.httpListeners.append(http)
+                    } else {
+                        settings.listeners.append(.init(address: try ListenAddress(parsing: text)))
+                    }
+                } catch {
                     throw ValidationError(String(describing: error))
                 }
+            }
+            guard !settings.listeners.isEmpty else {
+                throw ValidationError("--listen needs at least one MQTT listener")
             }
         }
         if let dataDir { settings.dataDirectory = dataDir }
@@ -139,8 +152,9 @@ struct Serve: AsyncParsableCommand {
             configuration: settings.brokerConfiguration,
             authenticator: makeAuthenticator(settings, store: store, logger: logger),
             authorizer: authorizer, logger: logger)
-        let (listeners, usesDevelopmentCertificates) = settings.resolvedListeners()
-        if usesDevelopmentCertificates {
+        let (listeners, mqttUsesDevelopmentCertificates) = settings.resolvedListeners()
+        let (httpListeners, httpUsesDevelopmentCertificates) = settings.resolvedHTTPListeners()
+        if mqttUsesDevelopmentCertificates || httpUsesDevelopmentCertificates {
             try ensureDevelopmentCertificates(in: settings.developmentCertificatesDirectory, logger: logger)
         }
         let server: MQTTServer
@@ -171,13 +185,46 @@ struct Serve: AsyncParsableCommand {
             reloadACL(aclFile, into: authorizer, broker: broker, logger: logger)
             server.reloadTLS()
         }
-        let services = ServiceGroup(
+        var services: [any Service] = [
+            server, reloader, RevocationEnforcer(store: store, broker: broker, logger: logger),
+        ]
+        if !httpListeners.isEmpty {
+            services.append(
+                try makeHTTPServer(
+                    settings, listeners: httpListeners, store: store,
+                    sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
+        }
+        let group = ServiceGroup(
             configuration: .init(
-                services: [server, reloader, RevocationEnforcer(store: store, broker: broker, logger: logger)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
-        try await services.run()
+        try await group.run()
     }
+}
+
+/// The HTTP side: the OAuth2 server over the identity store, on the broker's event loops.
+private func makeHTTPServer(
+    _ settings: ServerConfiguration, listeners: [(host: String, port: Int, tls: TLSSettings?)], store: IdentityStore,
+    sessions: any SessionControl, logger: Logger
+) throws -> HTTPServer {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var trustRoots = NIOSSLTrustRoots.default
+    if let file = settings.jwksCAFile {
+        guard let certificates = try? NIOSSLCertificate.fromPEMFile(file), !certificates.isEmpty else {
+            throw ValidationError("cannot read the jwks_ca_file '\(file)'")
+        }
+        trustRoots = .certificates(certificates)
+    }
+    let oauth = OAuthServer(
+        store: store, settings: settings.oauth, fetcher: JWKSClient(trustRoots: trustRoots, group: group),
+        sessions: sessions)
+    let http = try listeners.map { listener in
+        do {
+            return HTTPListener(host: listener.host, port: listener.port, tls: try listener.tls?.httpsConfiguration())
+        } catch { throw ValidationError(String(describing: error)) }
+    }
+    return HTTPServer(listeners: http, oauth: oauth, settings: settings.http, group: group, logger: logger)
 }
 
 /// The configured ACL file; else `./acl/default.acl`; else the built-in default, written to

@@ -1,0 +1,109 @@
+import Foundation
+import GRDB
+import JWTKit
+
+/// RFC 7523 checks of a JWT assertion (a JWT-bearer grant, or `private_key_jwt` client
+/// authentication), in a fixed order that stops at the first failure: `iss` and `sub`, the key
+/// by `kid`, the signature, `aud`, `exp`, `nbf`, `iat`, the lifetime, `jti` not seen before.
+struct AssertionVerifier: Sendable {
+    let store: IdentityStore
+    let keys: PublicKeyCache
+    /// The longest `exp − iat` accepted.
+    let maximumLifetime: Int64
+    /// Seconds of clock difference allowed for `exp`, `nbf` and `iat`.
+    let leeway: Int64 = 30
+
+    /// A verified assertion's parties.
+    struct Verified: Sendable {
+        var issuer: String
+        var subject: String
+        var expiresAt: Int64
+    }
+
+    /// The unverified `iss` and `sub`, to find whose keys must have signed the assertion.
+    static func parties(_ assertion: String) -> Result<(issuer: String, subject: String), AssertionRefusal> {
+        guard let parsed = CompactJWT(Array(assertion.utf8)) else { return .failure(.init("not a signed JWT")) }
+        guard let issuer = parsed.claims.string("iss"), !issuer.isEmpty else {
+            return .failure(.init("the assertion has no 'iss'"))
+        }
+        guard let subject = parsed.claims.string("sub"), !subject.isEmpty else {
+            return .failure(.init("the assertion has no 'sub'"))
+        }
+        return .success((issuer, subject))
+    }
+
+    func verify(_ assertion: String, keySource: PublicKeySource, audience: String) async -> Result<
+        Verified, AssertionRefusal
+    > {
+        guard let parsed = CompactJWT(Array(assertion.utf8)) else { return .failure(.init("not a signed JWT")) }
+        let parties: (issuer: String, subject: String)
+        switch Self.parties(assertion) {
+        case .failure(let refusal): return .failure(refusal)
+        case .success(let found): parties = found
+        }
+        let key: JWTAlgorithmValue
+        switch await keys.key(for: keySource, keyID: parsed.keyID, algorithm: parsed.algorithm) {
+        case .failure(let refusal): return .failure(refusal)
+        case .success(let found): key = JWTAlgorithmValue(found)
+        }
+        guard key.verifies(parsed) else { return .failure(.init("the signature does not verify")) }
+        let claims = parsed.claims
+        guard claims.strings("aud").contains(audience) else {
+            return .failure(.init("'aud' must contain the token endpoint \(audience)"))
+        }
+        let moment = now()
+        guard let expiry = claims.number("exp").map({ Int64($0) }) else {
+            return .failure(.init("the assertion has no 'exp'"))
+        }
+        guard expiry + leeway > moment else { return .failure(.init("the assertion has expired")) }
+        if let notBefore = claims.number("nbf").map({ Int64($0) }), notBefore > moment + leeway {
+            return .failure(.init("the assertion is not valid yet ('nbf')"))
+        }
+        guard let issuedAt = claims.number("iat").map({ Int64($0) }) else {
+            return .failure(.init("the assertion has no 'iat'"))
+        }
+        guard issuedAt <= moment + leeway else { return .failure(.init("'iat' is in the future")) }
+        guard expiry - issuedAt <= maximumLifetime else {
+            return .failure(.init("the assertion lives longer than \(maximumLifetime) s ('exp' − 'iat')"))
+        }
+        guard let tokenID = claims.string("jti"), !tokenID.isEmpty else {
+            return .failure(.init("the assertion has no 'jti'"))
+        }
+        let fresh: Bool
+        do {
+            fresh = try await store.offloaded { [store] in
+                try store.recordAssertion(issuer: parties.issuer, tokenID: tokenID, expiresAt: expiry + leeway)
+            }
+        } catch { return .failure(.init("the identity store failed")) }
+        guard fresh else { return .failure(.init("the assertion's 'jti' was used before")) }
+        return .success(Verified(issuer: parties.issuer, subject: parties.subject, expiresAt: expiry))
+    }
+}
+
+/// A resolved jwt-kit key, checking a compact JWS over exactly the bytes it signs.
+struct JWTAlgorithmValue: Sendable {
+    let key: any JWTAlgorithm
+
+    init(_ key: any JWTAlgorithm) { self.key = key }
+
+    func verifies(_ parsed: CompactJWT) -> Bool {
+        (try? key.verify(parsed.signature, signs: parsed.signingInput)) == true
+    }
+}
+
+extension IdentityStore {
+    /// Records an assertion's `jti` until it expires; false when it was recorded already.
+    func recordAssertion(issuer: String, tokenID: String, expiresAt: Int64) throws -> Bool {
+        try write(keepsSnapshot: true) { db in
+            let moment = now()
+            // Expired ids can never be replayed (their assertion is refused first): forget them now and then.
+            if Int.random(in: 0..<64) == 0 {
+                try db.execute(sql: "DELETE FROM seen_assertion WHERE expires_at < ?", arguments: [moment])
+            }
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO seen_assertion (issuer, jti, expires_at) VALUES (?, ?, ?)",
+                arguments: [issuer, tokenID, expiresAt])
+            return db.changesCount == 1
+        }
+    }
+}
