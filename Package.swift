@@ -200,7 +200,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             // Depends on the executable so that `swift test` always builds the binary it runs.
-            dependencies: ["gatehouse", "GatehouseCertificates"],
+            dependencies: ["gatehouse", "GatehouseCertificates", "GatehouseHTTP"],
             exclude: ["Clients"],
             swiftSettings: strictSettings
         ),

@@ -249,7 +249,8 @@ extension ServerConfiguration {
                     }
                 }
                 if configuration.listeners.isEmpty {
-                    throw reader.error(at: value, "'listeners' needs at least one MQTT listener URL")
+                    let needs = configuration.httpListeners.isEmpty ? "URL" : "MQTT listener URL"
+                    throw reader.error(at: value, "'listeners' needs at least one \(needs)")
                 }
             case "http":
                 for (httpKey, httpValue) in try reader.mapping(value, "'http'") {

@@ -44,11 +44,14 @@ public struct HTTPServer: Service {
     let settings: HTTPSettings
     let group: any EventLoopGroup
     let logger: Logger
+    /// Shut down when the server stops.
+    let jwksClient: JWKSClient?
 
     public init(
         listeners: [HTTPListener], oauth: OAuthServer, settings: HTTPSettings, group: any EventLoopGroup,
-        logger: Logger
+        jwksClient: JWKSClient?, logger: Logger
     ) {
+        self.jwksClient = jwksClient
         self.listeners = listeners
         self.oauth = oauth
         self.settings = settings
@@ -84,7 +87,11 @@ public struct HTTPServer: Service {
         }
         let group = ServiceGroup(
             configuration: .init(services: applications.map { .init(service: $0) }, logger: logger))
-        try await group.run()
+        do { try await group.run() } catch {
+            await jwksClient?.shutdown()
+            throw error
+        }
+        await jwksClient?.shutdown()
     }
 }
 

@@ -11,7 +11,7 @@ public final class JWKSClient: JWKSFetcher {
     private let client: HTTPClient
     private static let maximumSize = 256 * 1024
 
-    /// Lives as long as the process: async-http-client needs no shutdown at exit.
+    /// Shut down with `shutdown()` when the HTTP side stops.
     public init(trustRoots: NIOSSLTrustRoots = .default, group: any EventLoopGroup) {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = trustRoots
@@ -21,6 +21,10 @@ public final class JWKSClient: JWKSFetcher {
             timeout: .init(connect: .seconds(5), read: .seconds(5)))
         configuration.httpVersion = .http1Only
         client = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: configuration)
+    }
+
+    public func shutdown() async {
+        try? await client.shutdown()
     }
 
     public func fetchJWKS(from url: String) async throws -> String {

@@ -216,15 +216,16 @@ private func makeHTTPServer(
         }
         trustRoots = .certificates(certificates)
     }
-    let oauth = OAuthServer(
-        store: store, settings: settings.oauth, fetcher: JWKSClient(trustRoots: trustRoots, group: group),
-        sessions: sessions)
     let http = try listeners.map { listener in
         do {
             return HTTPListener(host: listener.host, port: listener.port, tls: try listener.tls?.httpsConfiguration())
         } catch { throw ValidationError(String(describing: error)) }
     }
-    return HTTPServer(listeners: http, oauth: oauth, settings: settings.http, group: group, logger: logger)
+    // Made last: once made, only the server's shutdown may release it.
+    let jwksClient = JWKSClient(trustRoots: trustRoots, group: group)
+    let oauth = OAuthServer(store: store, settings: settings.oauth, fetcher: jwksClient, sessions: sessions)
+    return HTTPServer(
+        listeners: http, oauth: oauth, settings: settings.http, group: group, jwksClient: jwksClient, logger: logger)
 }
 
 /// The configured ACL file; else `./acl/default.acl`; else the built-in default, written to
