@@ -32,6 +32,8 @@ public struct HTTPSettings: Sendable, Equatable {
     /// Token endpoint requests per second from one address, and for one client id; 0 is no limit.
     public var tokenRequestsPerAddress = 50.0
     public var tokenRequestsPerClient = 20.0
+    /// Seconds a service user's password from the subscriptions endpoint stays valid.
+    public var serviceUserTokenLifetime: Int64 = 900
 
     public init() {}
 }
@@ -60,7 +62,7 @@ public struct HTTPServer: Service {
     }
 
     /// The routes of every listener, for the OpenAPI check.
-    public static let documentedRoutes = OAuthRoutes.paths
+    public static let documentedRoutes = OAuthRoutes.paths + AdminRoutes.paths
 
     public func run() async throws {
         let limiter = TokenRateLimiter(
@@ -70,6 +72,8 @@ public struct HTTPServer: Service {
             let router = Router(context: GatehouseRequestContext.self)
             OAuthRoutes(oauth: oauth, settings: settings, limiter: limiter, scheme: listener.scheme, logger: logger)
                 .add(to: router)
+            AdminRoutes(store: oauth.store, sessions: oauth.sessions, settings: settings, logger: logger).add(
+                to: router)
             let server: HTTPServerBuilder =
                 if let tls = listener.tls { try .tls(.http1(), tlsConfiguration: tls) } else { .http1() }
             let logger = self.logger

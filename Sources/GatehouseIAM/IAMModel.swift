@@ -98,7 +98,16 @@ public struct AuditEntry: Sendable, Equatable {
 
 /// A refusal from the store, in one sentence the CLI prints as it is.
 public struct IAMError: Error, CustomStringConvertible, Sendable, Equatable {
-    public let description: String
+    /// What kind of refusal, so that the HTTP side answers 404 or 409 where it fits.
+    public enum Kind: Sendable, Equatable {
+        case invalid, notFound, conflict
+    }
 
-    public init(_ description: String) { self.description = description }
+    public let description: String
+    public let kind: Kind
+
+    public init(_ description: String, kind: Kind = .invalid) {
+        self.description = description
+        self.kind = kind
+    }
 }

@@ -24,7 +24,7 @@ extension IdentityStore {
     public func setTenantEnabled(_ name: String, _ enabled: Bool, actor: String) throws {
         try write { db in
             try db.execute(sql: "UPDATE tenant SET enabled = ? WHERE name = ?", arguments: [enabled, name])
-            guard db.changesCount == 1 else { throw IAMError("no tenant named '\(name)'") }
+            guard db.changesCount == 1 else { throw IAMError("no tenant named '\(name)'", kind: .notFound) }
             try Self.audit(
                 db, actor: actor, action: enabled ? "tenant.enable" : "tenant.disable", subject: name, identityID: "*")
         }
@@ -50,7 +50,7 @@ extension IdentityStore {
         let id = randomID("id")
         try write(conflict: "identity '\(name)' already exists") { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenant WHERE name = ?", arguments: [tenant]) != nil else {
-                throw IAMError("no tenant named '\(tenant)'")
+                throw IAMError("no tenant named '\(tenant)'", kind: .notFound)
             }
             try db.execute(
                 sql: """
@@ -77,7 +77,7 @@ extension IdentityStore {
         guard
             let row = try Row.fetchOne(
                 db, sql: "SELECT * FROM identity WHERE name = ?", arguments: [name])
-        else { throw IAMError("no identity named '\(name)'") }
+        else { throw IAMError("no identity named '\(name)'", kind: .notFound) }
         return try identity(db, row: row)
     }
 
@@ -167,7 +167,7 @@ extension IdentityStore {
         for role in roles { try Self.checkName(role, "role") }
         try write(conflict: "group '\(name)' already exists in tenant '\(tenant)'") { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenant WHERE name = ?", arguments: [tenant]) != nil else {
-                throw IAMError("no tenant named '\(tenant)'")
+                throw IAMError("no tenant named '\(tenant)'", kind: .notFound)
             }
             let id = randomID("grp")
             try db.execute(

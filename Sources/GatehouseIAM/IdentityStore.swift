@@ -190,6 +190,30 @@ public final class IdentityStore: Sendable {
                     CREATE INDEX issued_jwt_family ON issued_jwt(family) WHERE family IS NOT NULL;
                     """)
         }
+        migrator.registerMigration("4-applications") { db in
+            // Applications (seed 000): registered once in a provider tenant, subscribed by
+            // tenants; each subscription owns a generated service user in the subscribing tenant.
+            try db.execute(
+                sql: """
+                    CREATE TABLE application (
+                        name TEXT PRIMARY KEY NOT NULL,
+                        tenant TEXT NOT NULL REFERENCES tenant(name),
+                        required_roles TEXT NOT NULL,
+                        enabled INTEGER NOT NULL DEFAULT 1,
+                        bootstrap_identity_id TEXT NOT NULL REFERENCES identity(id),
+                        -- SHA-256 of the bootstrap secret: never a credential any authenticator reads
+                        bootstrap_secret_hash BLOB NOT NULL,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE application_subscription (
+                        application TEXT NOT NULL REFERENCES application(name) ON DELETE CASCADE,
+                        tenant TEXT NOT NULL REFERENCES tenant(name),
+                        service_identity_id TEXT NOT NULL REFERENCES identity(id),
+                        created_at INTEGER NOT NULL,
+                        PRIMARY KEY (application, tenant)
+                    );
+                    """)
+        }
         return migrator
     }
 
@@ -207,7 +231,7 @@ public final class IdentityStore: Sendable {
             where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
             || error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
         {
-            throw IAMError(conflict ?? "that already exists (\(error.message ?? "unique constraint"))")
+            throw IAMError(conflict ?? "that already exists (\(error.message ?? "unique constraint"))", kind: .conflict)
         } catch {
             throw IAMError("the identity store failed: \(error)")
         }

@@ -16,7 +16,7 @@ struct IAM: AsyncParsableCommand {
         subcommands: [
             TenantCommand.self, IdentityCommand.self, RoleCommand.self, GroupCommand.self, PasswordCommand.self,
             TokenCommand.self, CertificateCommand.self, IssuerCommand.self, JWTCommand.self, ClientCommand.self,
-            AssertionIssuerCommand.self, AuditCommand.self,
+            AssertionIssuerCommand.self, ApplicationCommand.self, AuditCommand.self,
         ]
     )
 }
@@ -111,7 +111,7 @@ struct TenantCommand: ParsableCommand {
 struct IdentityCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "identity", abstract: "Identities (devices, users, services, applications).",
-        subcommands: [Add.self, List.self, Show.self, Disable.self, Enable.self, ClientIDs.self])
+        subcommands: [Add.self, List.self, Show.self, Delete.self, Disable.self, Enable.self, ClientIDs.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add an identity to a tenant.")
@@ -174,6 +174,14 @@ struct IdentityCommand: ParsableCommand {
                         + " expires=\(formatTime(credential.expiresAt))")
             }
         }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete an identity with its credentials, roles and memberships: its sessions end at once.")
+        @OptionGroup var store: StoreOptions
+        @Argument var name: String
+        func run() throws { try store.open().deleteIdentity(name, actor: store.actor) }
     }
 
     struct Disable: ParsableCommand {

@@ -96,7 +96,8 @@ public final class OAuthServer: Sendable {
     public let settings: OAuthSettings
     private let keys: PublicKeyCache
     private let verifier: AssertionVerifier
-    private let sessions: (any SessionControl)?
+    /// Where revocations end MQTT sessions at once (the enforcer's poll does it otherwise).
+    public let sessions: (any SessionControl)?
     /// The successor handed out for each refresh token used in the last retry window.
     private let successors = NIOLockedValueBox<[Data: Successor]>([:])
 

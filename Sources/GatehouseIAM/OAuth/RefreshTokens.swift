@@ -222,9 +222,11 @@ extension IdentityStore {
     /// API, introspection), checked like the `token` authenticator checks an MQTT password.
     public func principal(bearerToken token: String) async -> Principal? {
         let bytes = Array(token.utf8)
-        guard APIToken.looksLikeToken(bytes), let snapshot = try? await snapshot(),
-            let match = snapshot.tokens[Data(APIToken.digest(bytes))]
-        else { return nil }
-        return match.principal(clientIdentifier: match.identity.name)
+        guard APIToken.looksLikeToken(bytes) else { return nil }
+        let digest = Data(APIToken.digest(bytes))
+        var match = try? await snapshot().tokens[digest]
+        // Not known: perhaps the CLI made it a moment ago.
+        if match == nil, (try? await refreshIfChanged()) == true { match = try? await snapshot().tokens[digest] }
+        return match.flatMap { $0.principal(clientIdentifier: $0.identity.name) }
     }
 }
