@@ -7,7 +7,7 @@ public import X509
 /// a development CA and the server and client certificates it signs.
 public struct CertificateAuthority: Sendable {
     public let certificate: Certificate
-    private let privateKey: P256.Signing.PrivateKey
+    let privateKey: P256.Signing.PrivateKey
 
     /// A certificate and its private key, both PEM.
     public struct Issued: Sendable {

@@ -15,11 +15,17 @@ public struct ClientCertificateVerifier: Sendable {
 
     private let roots: CertificateStore
     private let revocations: RevocationList?
+    private let liveRevocations: (any CertificateRevocationSource)?
 
-    /// `authoritiesDER`: the client CA certificates.
-    public init(authoritiesDER: [[UInt8]], revocations: RevocationList?) throws {
+    /// `authoritiesDER`: the client CA certificates; `liveRevocations`: what the running
+    /// broker revoked since (enrolled certificates), asked after the chain verifies.
+    public init(
+        authoritiesDER: [[UInt8]], revocations: RevocationList?,
+        liveRevocations: (any CertificateRevocationSource)? = nil
+    ) throws {
         roots = CertificateStore(try authoritiesDER.map { try Certificate(derEncoded: $0) })
         self.revocations = revocations
+        self.liveRevocations = liveRevocations
     }
 
     /// `chainDER`: the certificates the client sent, leaf first.
@@ -51,7 +57,16 @@ public struct ClientCertificateVerifier: Sendable {
                 let serial = revoked.serialNumber.bytes.drop { $0 == 0 }
                 return .refused("client certificate revoked (serial \(hexString(serial)), issuer \(revoked.issuer))")
             }
+            if let liveRevocations, liveRevocations.isRevoked(certificate) {
+                return .refused("client certificate revoked (serial \(certificate.serialNumber))")
+            }
             return .verified(certificate)
         }
     }
+}
+
+/// Certificates revoked while the broker runs, without a CRL file or a restart: the IAM's
+/// revoked enrolled certificates. Asked on every handshake, so it answers from memory.
+public protocol CertificateRevocationSource: Sendable {
+    func isRevoked(_ certificate: ClientCertificate) -> Bool
 }

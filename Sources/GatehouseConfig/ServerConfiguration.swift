@@ -18,6 +18,24 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var oauth = OAuthSettings()
     /// CA certificates (PEM) trusted for clients' `jwks_uri`; nil uses the system's roots.
     public var jwksCAFile: String?
+    public var enrollment = Enrollment()
+
+    /// The enrollment CA that signs devices' CSRs; without files, the development CA.
+    public struct Enrollment: Sendable, Equatable {
+        public var enabled = true
+        public var caCertificate: String?
+        public var caKey: String?
+        public var validityDays = 30
+
+        public init() {}
+    }
+
+    /// The enrollment CA's files, and whether they are the development CA's (made if missing).
+    public var enrollmentAuthorityFiles: (certificate: String, key: String, development: Bool) {
+        if let certificate = enrollment.caCertificate, let key = enrollment.caKey { return (certificate, key, false) }
+        let directory = developmentCertificatesDirectory
+        return (directory + "/ca.pem", directory + "/ca.key", true)
+    }
     public var dataDirectory = "./data"
     public var allowAnonymous = false
     public var logLevel = "info"
@@ -121,27 +139,37 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// certificates (which `serve` then creates if missing).
     public func resolvedListeners() -> (listeners: [MQTTServer.Listener], usesDevelopmentCertificates: Bool) {
         var usesDevelopmentCertificates = false
+        let enrollmentCA = enrollment.enabled ? [enrollmentAuthorityFiles.certificate] : []
         let listeners = listeners.map { options -> MQTTServer.Listener in
             guard options.address.kind.usesTLS else { return MQTTServer.Listener(address: options.address) }
-            let tls = options.tls
-            if let certificate = tls.certificate, let key = tls.key {
-                return MQTTServer.Listener(
-                    address: options.address,
-                    tls: TLSSettings(
-                        certificateFile: certificate, keyFile: key, keyPassword: tls.keyPassword,
-                        clientCAFile: tls.clientCA, crlFile: tls.crl,
-                        clientCertificates: tls.clientCertificates ?? (tls.clientCA == nil ? .none : .optional)))
+            var listener = resolvedListener(options)
+            // Devices enrolled by the built-in CA connect on every listener that asks for certificates.
+            if listener.tls?.clientCertificates != TLSSettings.ClientCertificates.none {
+                listener.tls?.additionalClientCAFiles = enrollmentCA
             }
-            usesDevelopmentCertificates = true
-            let directory = developmentCertificatesDirectory
+            if options.tls.certificate == nil || options.tls.key == nil { usesDevelopmentCertificates = true }
+            return listener
+        }
+        return (listeners, usesDevelopmentCertificates)
+    }
+
+    private func resolvedListener(_ options: ListenerOptions) -> MQTTServer.Listener {
+        let tls = options.tls
+        if let certificate = tls.certificate, let key = tls.key {
             return MQTTServer.Listener(
                 address: options.address,
                 tls: TLSSettings(
-                    certificateFile: directory + "/server.pem", keyFile: directory + "/server.key",
-                    clientCAFile: tls.clientCA ?? directory + "/ca.pem", crlFile: tls.crl,
-                    clientCertificates: tls.clientCertificates ?? .optional))
+                    certificateFile: certificate, keyFile: key, keyPassword: tls.keyPassword,
+                    clientCAFile: tls.clientCA, crlFile: tls.crl,
+                    clientCertificates: tls.clientCertificates ?? (tls.clientCA == nil ? .none : .optional)))
         }
-        return (listeners, usesDevelopmentCertificates)
+        let directory = developmentCertificatesDirectory
+        return MQTTServer.Listener(
+            address: options.address,
+            tls: TLSSettings(
+                certificateFile: directory + "/server.pem", keyFile: directory + "/server.key",
+                clientCAFile: tls.clientCA ?? directory + "/ca.pem", crlFile: tls.crl,
+                clientCertificates: tls.clientCertificates ?? .optional))
     }
 
     /// The HTTP listeners with their TLS files named (the development certificates where none
@@ -209,9 +237,12 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 extension ServerConfiguration {
     private static let topLevelKeys = [
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
-        "iam_database", "acl", "acl_refused_publish", "http", "oauth",
+        "iam_database", "acl", "acl_refused_publish", "http", "oauth", "enrollment",
     ]
-    private static let httpKeys = ["public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client"]
+    private static let enrollmentKeys = ["enabled", "ca_certificate", "ca_key", "validity_days"]
+    private static let httpKeys = [
+        "public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client", "service_user_token_lifetime",
+    ]
     private static let oauthKeys = [
         "access_token_lifetime", "refresh_token_lifetime", "max_assertion_lifetime", "refresh_retry_window",
         "jwks_cache_seconds", "jwks_ca_file",
@@ -264,6 +295,9 @@ extension ServerConfiguration {
                         configuration.http.publicURL = url
                     case "max_body_size":
                         configuration.http.maximumBodySize = try reader.int(httpValue, name, in: 1_024...16_777_216)
+                    case "service_user_token_lifetime":
+                        configuration.http.serviceUserTokenLifetime = Int64(
+                            try reader.int(httpValue, name, in: 60...86_400))
                     case "token_rate_per_address":
                         configuration.http.tokenRequestsPerAddress = Double(
                             try reader.int(httpValue, name, in: 0...1_000_000))
@@ -271,6 +305,21 @@ extension ServerConfiguration {
                         configuration.http.tokenRequestsPerClient = Double(
                             try reader.int(httpValue, name, in: 0...1_000_000))
                     }
+                }
+            case "enrollment":
+                for (enrollmentKey, enrollmentValue) in try reader.mapping(value, "'enrollment'") {
+                    let name = try reader.key(enrollmentKey, allowed: enrollmentKeys, section: "enrollment")
+                    switch name {
+                    case "enabled": configuration.enrollment.enabled = try reader.bool(enrollmentValue, name)
+                    case "ca_certificate":
+                        configuration.enrollment.caCertificate = try reader.string(enrollmentValue, name)
+                    case "ca_key": configuration.enrollment.caKey = try reader.string(enrollmentValue, name)
+                    default:
+                        configuration.enrollment.validityDays = try reader.int(enrollmentValue, name, in: 1...3_650)
+                    }
+                }
+                guard (configuration.enrollment.caCertificate == nil) == (configuration.enrollment.caKey == nil) else {
+                    throw reader.error(at: value, "'enrollment' needs both 'ca_certificate' and 'ca_key', or neither")
                 }
             case "oauth":
                 for (oauthKey, oauthValue) in try reader.mapping(value, "'oauth'") {

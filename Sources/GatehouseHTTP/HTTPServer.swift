@@ -48,12 +48,14 @@ public struct HTTPServer: Service {
     let logger: Logger
     /// Shut down when the server stops.
     let jwksClient: JWKSClient?
+    let enrollment: EnrollmentService?
 
     public init(
-        listeners: [HTTPListener], oauth: OAuthServer, settings: HTTPSettings, group: any EventLoopGroup,
-        jwksClient: JWKSClient?, logger: Logger
+        listeners: [HTTPListener], oauth: OAuthServer, enrollment: EnrollmentService?, settings: HTTPSettings,
+        group: any EventLoopGroup, jwksClient: JWKSClient?, logger: Logger
     ) {
         self.jwksClient = jwksClient
+        self.enrollment = enrollment
         self.listeners = listeners
         self.oauth = oauth
         self.settings = settings
@@ -62,7 +64,7 @@ public struct HTTPServer: Service {
     }
 
     /// The routes of every listener, for the OpenAPI check.
-    public static let documentedRoutes = OAuthRoutes.paths + AdminRoutes.paths
+    public static let documentedRoutes = OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths
 
     public func run() async throws {
         let limiter = TokenRateLimiter(
@@ -74,6 +76,9 @@ public struct HTTPServer: Service {
                 .add(to: router)
             AdminRoutes(store: oauth.store, sessions: oauth.sessions, settings: settings, logger: logger).add(
                 to: router)
+            if let enrollment {
+                EnrollmentRoutes(enrollment: enrollment, settings: settings, logger: logger).add(to: router)
+            }
             let server: HTTPServerBuilder =
                 if let tls = listener.tls { try .tls(.http1(), tlsConfiguration: tls) } else { .http1() }
             let logger = self.logger
@@ -103,9 +108,12 @@ public struct HTTPServer: Service {
 struct GatehouseRequestContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     let remoteAddress: String?
+    /// For the TLS peer certificate of enrollment's mTLS routes.
+    let channel: any Channel
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         remoteAddress = source.channel.remoteAddress?.ipAddress
+        channel = source.channel
     }
 }

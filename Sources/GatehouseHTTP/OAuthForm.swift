@@ -24,18 +24,20 @@ struct OAuthForm: Sendable {
     }
 
     static func parse(_ text: String) -> Result<OAuthForm, OAuthError> {
-        var components = URLComponents()
-        // Form encoding writes a space as '+'; URLComponents reads only %20.
-        components.percentEncodedQuery = text.replacingOccurrences(of: "+", with: "%20")
-        guard text.isEmpty || components.percentEncodedQuery != nil else {
-            return .failure(OAuthError(.invalidRequest, "the body is not valid form encoding"))
-        }
         var fields: [String: String] = [:]
-        for item in components.queryItems ?? [] where !item.name.isEmpty {
-            guard fields[item.name] == nil else {
-                return .failure(OAuthError(.invalidRequest, "'\(item.name)' is given more than once"))
+        for pair in text.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            // Form encoding writes a space as '+'; anything not valid percent-encoding is refused,
+            // never trapped on (URLComponents' setter would stop the process).
+            guard let name = parts[0].replacingOccurrences(of: "+", with: " ").removingPercentEncoding,
+                let value = (parts.count == 2 ? parts[1] : "").replacingOccurrences(of: "+", with: " ")
+                    .removingPercentEncoding
+            else { return .failure(OAuthError(.invalidRequest, "the body is not valid form encoding")) }
+            guard !name.isEmpty else { continue }
+            guard fields[name] == nil else {
+                return .failure(OAuthError(.invalidRequest, "'\(name)' is given more than once"))
             }
-            fields[item.name] = item.value ?? ""
+            fields[name] = value
         }
         return .success(OAuthForm(fields: fields))
     }

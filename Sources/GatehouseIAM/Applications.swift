@@ -310,6 +310,10 @@ extension IdentityStore {
 
     /// Credentials, roles, memberships, issued JWTs and refresh tokens go with it (cascade).
     static func deleteIdentity(_ db: Database, id: String) throws {
+        // Its enrolled certificates stay on the CRL.
+        try db.execute(
+            sql: "UPDATE enrolled_certificate SET revoked_at = ? WHERE identity_id = ? AND revoked_at IS NULL",
+            arguments: [now(), id])
         try db.execute(sql: "DELETE FROM identity WHERE id = ?", arguments: [id])
     }
 

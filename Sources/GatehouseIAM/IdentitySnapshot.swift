@@ -18,6 +18,8 @@ struct IdentitySnapshot: Sendable {
     var certificates: [CertificateBindingKey: CredentialMatch]
     /// The `jti` of revoked JWTs that Gatehouse issued and that have not expired yet.
     var revokedTokenIDs: Set<String>
+    /// Serials of revoked certificates the enrollment CA issued.
+    var revokedCertificateSerials: Set<String>
 
     static func load(_ db: Database) throws -> IdentitySnapshot {
         let sequence = try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(sequence), 0) FROM audit") ?? 0
@@ -83,9 +85,12 @@ struct IdentitySnapshot: Sendable {
         for issuer in try IdentityStore.trustedIssuers(db) { issuers[issuer.issuer] = issuer }
         let revoked = try String.fetchAll(
             db, sql: "SELECT jti FROM issued_jwt WHERE revoked_at IS NOT NULL AND expires_at > ?", arguments: [now()])
+        let revokedCertificates = try String.fetchAll(
+            db, sql: "SELECT serial FROM enrolled_certificate WHERE revoked_at IS NOT NULL")
         return IdentitySnapshot(
             sequence: sequence, tokens: tokens, identities: identities, issuers: issuers,
-            certificates: certificates, revokedTokenIDs: Set(revoked))
+            certificates: certificates, revokedTokenIDs: Set(revoked),
+            revokedCertificateSerials: Set(revokedCertificates))
     }
 }
 
@@ -97,6 +102,7 @@ extension IdentityStore {
         cachedSnapshot.withLockedValue { current in
             if (current?.sequence ?? -1) < loaded.sequence { current = loaded }
         }
+        revokedCertificateSerials.withLockedValue { $0 = loaded.revokedCertificateSerials }
         return loaded
     }
 

@@ -11,6 +11,9 @@ public final class IdentityStore: Sendable {
     let database: DatabasePool
     /// The authenticators' in-memory view; nil after a write here, until the next use.
     let cachedSnapshot = NIOLockedValueBox<IdentitySnapshot?>(nil)
+    /// Serials of revoked enrolled certificates, as of the latest snapshot: the TLS listeners
+    /// ask it on every handshake, even while the snapshot is being replaced.
+    let revokedCertificateSerials = NIOLockedValueBox<Set<String>>([])
 
     /// The store's file in a data directory.
     public static func defaultPath(dataDirectory: String) -> String {
@@ -212,6 +215,35 @@ public final class IdentityStore: Sendable {
                         created_at INTEGER NOT NULL,
                         PRIMARY KEY (application, tenant)
                     );
+                    """)
+        }
+        migrator.registerMigration("5-enrollment") { db in
+            // Enrollment (seed 003): one-time tokens, and every certificate the enrollment CA
+            // issued. Certificates keep their row after their identity is deleted, so that the
+            // CRL still lists them.
+            try db.execute(
+                sql: """
+                    CREATE TABLE enrollment_token (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        token_hash BLOB NOT NULL UNIQUE,
+                        identity_id TEXT NOT NULL REFERENCES identity(id) ON DELETE CASCADE,
+                        public_key_sha256 TEXT,
+                        expires_at INTEGER NOT NULL,
+                        used_at INTEGER,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE enrolled_certificate (
+                        serial TEXT PRIMARY KEY NOT NULL,
+                        identity_id TEXT NOT NULL,
+                        identity_name TEXT NOT NULL,
+                        credential_id TEXT NOT NULL,
+                        fingerprint TEXT NOT NULL,
+                        not_after INTEGER NOT NULL,
+                        issued_at INTEGER NOT NULL,
+                        revoked_at INTEGER,
+                        der BLOB NOT NULL
+                    );
+                    CREATE INDEX enrolled_certificate_fingerprint ON enrolled_certificate(fingerprint);
                     """)
         }
         return migrator

@@ -1,4 +1,5 @@
 public import GatehouseBroker
+public import GatehouseCertificates
 public import Logging
 import MQTTCore
 import NIOConcurrencyHelpers
@@ -12,10 +13,16 @@ public final class MQTTServer: Service {
     public struct Configuration: Sendable {
         public var listeners: [Listener]
         public var limits: MQTTConnectionLimits
+        /// Certificates revoked while the broker runs, refused at the TLS handshake.
+        public var liveRevocations: (any CertificateRevocationSource)?
 
-        public init(listeners: [Listener], limits: MQTTConnectionLimits = MQTTConnectionLimits()) {
+        public init(
+            listeners: [Listener], limits: MQTTConnectionLimits = MQTTConnectionLimits(),
+            liveRevocations: (any CertificateRevocationSource)? = nil
+        ) {
             self.listeners = listeners
             self.limits = limits
+            self.liveRevocations = liveRevocations
         }
     }
 
@@ -58,7 +65,9 @@ public final class MQTTServer: Service {
                     description: "listener \(listener.address) is not mqtts:// or wss:// but has TLS settings")
             }
             do {
-                contexts.append(TLSContextHolder(try TLSServerContext.load(settings)))
+                contexts.append(
+                    TLSContextHolder(
+                        try TLSServerContext.load(settings, liveRevocations: configuration.liveRevocations)))
             } catch {
                 throw TLSSetupError(description: "listener \(listener.address): \(error.description)")
             }

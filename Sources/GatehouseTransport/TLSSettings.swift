@@ -25,6 +25,8 @@ public struct TLSSettings: Sendable, Equatable {
     /// Certificate revocation lists (PEM or DER), checked for every client certificate.
     public var crlFile: String?
     public var clientCertificates: ClientCertificates
+    /// More CAs trusted for client certificates: the enrollment CA.
+    public var additionalClientCAFiles: [String] = []
 
     public init(
         certificateFile: String,
@@ -54,10 +56,14 @@ public struct TLSServerContext: Sendable {
     public let sslContext: NIOSSLContext
     public let clientVerifier: ClientCertificateVerifier?
     public let settings: TLSSettings
+    /// Kept for a reload.
+    let liveRevocations: (any CertificateRevocationSource)?
 
     /// Reads every file the settings name and builds the context: TLS 1.2 at least, ALPN
     /// `mqtt`, client certificates as configured.
-    public static func load(_ settings: TLSSettings) throws(TLSSetupError) -> TLSServerContext {
+    public static func load(
+        _ settings: TLSSettings, liveRevocations: (any CertificateRevocationSource)? = nil
+    ) throws(TLSSetupError) -> TLSServerContext {
         let (chain, key) = try settings.certificateAndKey()
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
@@ -82,6 +88,11 @@ public struct TLSServerContext: Sendable {
             guard !authorities.isEmpty else {
                 throw TLSSetupError(description: "no certificate in client CA '\(clientCAFile)'")
             }
+            for file in settings.additionalClientCAFiles where file != clientCAFile {
+                do { authorities += try NIOSSLCertificate.fromPEMFile(file) } catch {
+                    throw TLSSetupError(description: "cannot read client CA '\(file)': \(error)")
+                }
+            }
             // Named in the CertificateRequest; the verifier below decides.
             configuration.trustRoots = .certificates(authorities)
         }
@@ -98,7 +109,8 @@ public struct TLSServerContext: Sendable {
         if !authorities.isEmpty {
             do {
                 clientVerifier = try ClientCertificateVerifier(
-                    authoritiesDER: try authorities.map { try $0.toDERBytes() }, revocations: revocations)
+                    authoritiesDER: try authorities.map { try $0.toDERBytes() }, revocations: revocations,
+                    liveRevocations: liveRevocations)
             } catch {
                 throw TLSSetupError(description: "client CA '\(settings.clientCAFile ?? "")': \(error)")
             }
@@ -106,7 +118,7 @@ public struct TLSServerContext: Sendable {
         do {
             return TLSServerContext(
                 sslContext: try NIOSSLContext(configuration: configuration), clientVerifier: clientVerifier,
-                settings: settings)
+                settings: settings, liveRevocations: liveRevocations)
         } catch NIOSSLError.failedToLoadPrivateKey {
             // The key itself was read above: BoringSSL refuses it here when it is not the certificate's.
             throw TLSSetupError(
@@ -144,13 +156,20 @@ extension TLSSettings {
     }
 
     /// For an https:// listener of the HTTP side: the same files, TLS 1.2 at least, ALPN
-    /// `http/1.1`, no client certificates.
-    public func httpsConfiguration() throws(TLSSetupError) -> TLSConfiguration {
+    /// `http/1.1`; client certificates signed by `clientCAFile` (the enrollment CA) are asked
+    /// for and verified when sent, for the routes that need mutual TLS.
+    public func httpsConfiguration(clientCAFile: String?) throws(TLSSetupError) -> TLSConfiguration {
         let (chain, key) = try certificateAndKey()
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
         configuration.applicationProtocols = ["http/1.1"]
+        if let clientCAFile {
+            do { configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCAFile)) } catch {
+                throw TLSSetupError(description: "cannot read client CA '\(clientCAFile)': \(error)")
+            }
+            configuration.certificateVerification = .optionalVerification
+        }
         return configuration
     }
 }
@@ -166,8 +185,10 @@ public final class TLSContextHolder: Sendable {
 
     /// Re-reads the files; on any error the old context stays and the error is returned.
     public func reload() -> Result<TLSServerContext, TLSSetupError> {
-        let settings = context.settings
-        let result = Result { () throws(TLSSetupError) in try TLSServerContext.load(settings) }
+        let (settings, revocations) = (context.settings, context.liveRevocations)
+        let result = Result { () throws(TLSSetupError) in
+            try TLSServerContext.load(settings, liveRevocations: revocations)
+        }
         if case .success(let fresh) = result { current.withLockedValue { $0 = fresh } }
         return result
     }

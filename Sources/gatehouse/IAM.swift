@@ -16,7 +16,8 @@ struct IAM: AsyncParsableCommand {
         subcommands: [
             TenantCommand.self, IdentityCommand.self, RoleCommand.self, GroupCommand.self, PasswordCommand.self,
             TokenCommand.self, CertificateCommand.self, IssuerCommand.self, JWTCommand.self, ClientCommand.self,
-            AssertionIssuerCommand.self, ApplicationCommand.self, AuditCommand.self,
+            AssertionIssuerCommand.self, ApplicationCommand.self, EnrollTokenCommand.self, EnrolledCommand.self,
+            AuditCommand.self,
         ]
     )
 }

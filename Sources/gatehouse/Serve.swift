@@ -154,9 +154,14 @@ struct Serve: AsyncParsableCommand {
             authorizer: authorizer, logger: logger)
         let (listeners, mqttUsesDevelopmentCertificates) = settings.resolvedListeners()
         let (httpListeners, httpUsesDevelopmentCertificates) = settings.resolvedHTTPListeners()
-        if mqttUsesDevelopmentCertificates || httpUsesDevelopmentCertificates {
+        let enrollmentFiles = settings.enrollmentAuthorityFiles
+        let enrollmentUsesDevelopmentCA = settings.enrollment.enabled && enrollmentFiles.development
+        if mqttUsesDevelopmentCertificates || httpUsesDevelopmentCertificates || enrollmentUsesDevelopmentCA {
             try ensureDevelopmentCertificates(in: settings.developmentCertificatesDirectory, logger: logger)
         }
+        let enrollment =
+            try settings.enrollment.enabled
+            ? makeEnrollment(settings, store: store, broker: broker, logger: logger) : nil
         let server: MQTTServer
         do {
             server = try MQTTServer(
@@ -165,7 +170,10 @@ struct Serve: AsyncParsableCommand {
                     limits: MQTTConnectionLimits(
                         maximumPacketSize: settings.limits.maxPacketSize,
                         connectTimeout: .seconds(Int64(settings.limits.connectTimeout))
-                    )
+                    ),
+                    liveRevocations: enrollment.map {
+                        EnrolledCertificateRevocations(store: store, authority: $0.authority)
+                    }
                 ),
                 broker: broker,
                 group: MultiThreadedEventLoopGroup.singleton,
@@ -191,7 +199,7 @@ struct Serve: AsyncParsableCommand {
         if !httpListeners.isEmpty {
             services.append(
                 try makeHTTPServer(
-                    settings, listeners: httpListeners, store: store,
+                    settings, listeners: httpListeners, store: store, enrollment: enrollment,
                     sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
         }
         let group = ServiceGroup(
@@ -206,8 +214,9 @@ struct Serve: AsyncParsableCommand {
 /// The HTTP side: the OAuth2 server over the identity store, on the broker's event loops.
 private func makeHTTPServer(
     _ settings: ServerConfiguration, listeners: [(host: String, port: Int, tls: TLSSettings?)], store: IdentityStore,
-    sessions: any SessionControl, logger: Logger
+    enrollment: EnrollmentService?, sessions: any SessionControl, logger: Logger
 ) throws -> HTTPServer {
+    let enrollmentCA = enrollment == nil ? nil : settings.enrollmentAuthorityFiles.certificate
     let group = MultiThreadedEventLoopGroup.singleton
     var trustRoots = NIOSSLTrustRoots.default
     if let file = settings.jwksCAFile {
@@ -218,14 +227,17 @@ private func makeHTTPServer(
     }
     let http = try listeners.map { listener in
         do {
-            return HTTPListener(host: listener.host, port: listener.port, tls: try listener.tls?.httpsConfiguration())
+            return HTTPListener(
+                host: listener.host, port: listener.port,
+                tls: try listener.tls?.httpsConfiguration(clientCAFile: enrollmentCA))
         } catch { throw ValidationError(String(describing: error)) }
     }
     // Made last: once made, only the server's shutdown may release it.
     let jwksClient = JWKSClient(trustRoots: trustRoots, group: group)
     let oauth = OAuthServer(store: store, settings: settings.oauth, fetcher: jwksClient, sessions: sessions)
     return HTTPServer(
-        listeners: http, oauth: oauth, settings: settings.http, group: group, jwksClient: jwksClient, logger: logger)
+        listeners: http, oauth: oauth, enrollment: enrollment, settings: settings.http, group: group,
+        jwksClient: jwksClient, logger: logger)
 }
 
 /// The configured ACL file; else `./acl/default.acl`; else the built-in default, written to
@@ -259,6 +271,25 @@ private func reloadACL(_ file: String, into authorizer: ACLAuthorizer, broker: B
         logger.error(
             "ACL reload refused; the previous ACL stays in force", metadata: ["errors": "\(error.errors.count)"])
     }
+}
+
+/// The enrollment CA from its files (the development CA unless configured).
+private func makeEnrollment(_ settings: ServerConfiguration, store: IdentityStore, broker: Broker, logger: Logger)
+    throws -> EnrollmentService
+{
+    let files = settings.enrollmentAuthorityFiles
+    let authority: CertificateAuthority
+    do {
+        authority = try CertificateAuthority(
+            certificatePEM: String(contentsOfFile: files.certificate, encoding: .utf8),
+            privateKeyPEM: String(contentsOfFile: files.key, encoding: .utf8))
+    } catch {
+        throw ValidationError("cannot read the enrollment CA '\(files.certificate)' / '\(files.key)': \(error)")
+    }
+    logger.info("enrollment CA loaded", metadata: ["certificate": "\(files.certificate)"])
+    return EnrollmentService(
+        store: store, authority: authority, validity: Int64(settings.enrollment.validityDays) * 86_400,
+        sessions: BrokerSessionControl(store: store, broker: broker, logger: logger))
 }
 
 /// Makes the development CA and server certificate on first start, so that MQTTS works out of the box.

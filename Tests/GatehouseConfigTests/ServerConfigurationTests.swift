@@ -1,5 +1,7 @@
 import GatehouseBroker
 import GatehouseConfig
+import GatehouseHTTP
+import GatehouseIAM
 import GatehouseTransport
 import Testing
 
@@ -46,18 +48,19 @@ struct ServerConfigurationTests {
         #expect(configuration.dataDirectory == "/var/lib/gatehouse")
         let resolved = configuration.resolvedListeners()
         #expect(resolved.usesDevelopmentCertificates)  // the wss listener names no files
-        #expect(
-            resolved.listeners[2].tls
-                == TLSSettings(
-                    certificateFile: "/var/lib/gatehouse/certs/server.pem",
-                    keyFile: "/var/lib/gatehouse/certs/server.key", clientCAFile: "/var/lib/gatehouse/certs/ca.pem",
-                    clientCertificates: .optional))
-        #expect(
-            resolved.listeners[3].tls
-                == TLSSettings(
-                    certificateFile: "/etc/gatehouse/server.pem", keyFile: "/etc/gatehouse/server.key",
-                    keyPassword: "s3cret", clientCAFile: "/etc/gatehouse/devices-ca.pem",
-                    crlFile: "/etc/gatehouse/devices.crl", clientCertificates: .required))
+        // Both ask for client certificates, so both also trust the enrollment CA (the development CA here).
+        var development = TLSSettings(
+            certificateFile: "/var/lib/gatehouse/certs/server.pem",
+            keyFile: "/var/lib/gatehouse/certs/server.key", clientCAFile: "/var/lib/gatehouse/certs/ca.pem",
+            clientCertificates: .optional)
+        development.additionalClientCAFiles = ["/var/lib/gatehouse/certs/ca.pem"]
+        #expect(resolved.listeners[2].tls == development)
+        var configured = TLSSettings(
+            certificateFile: "/etc/gatehouse/server.pem", keyFile: "/etc/gatehouse/server.key",
+            keyPassword: "s3cret", clientCAFile: "/etc/gatehouse/devices-ca.pem",
+            crlFile: "/etc/gatehouse/devices.crl", clientCertificates: .required)
+        configured.additionalClientCAFiles = ["/var/lib/gatehouse/certs/ca.pem"]
+        #expect(resolved.listeners[3].tls == configured)
         #expect(resolved.listeners[0].tls == nil)
         #expect(configuration.allowAnonymous && configuration.logLevel == "debug" && configuration.sysInterval == 30)
         let limits = configuration.limits
@@ -96,6 +99,45 @@ struct ServerConfigurationTests {
         #expect(configuration.authentication.backoffBaseMilliseconds == 0)
         #expect(configuration.authentication.backoffMaximumMilliseconds == 1_000)
         #expect(ServerConfiguration().authentication.methods == ["certificate", "token", "jwt", "password"])
+    }
+
+    @Test("the HTTP side: http and https listeners, http, oauth and enrollment keys")
+    func httpSide() throws {
+        let text = """
+            listeners:
+              - mqtt://127.0.0.1:1883
+              - http://127.0.0.1:8080
+              - url: https://0.0.0.0:8443
+                tls: {certificate: /etc/g/web.pem, key: /etc/g/web.key}
+            http: {public_url: "https://auth.example.com", token_rate_per_client: 5, service_user_token_lifetime: 120}
+            oauth: {access_token_lifetime: 60, refresh_retry_window: 2, jwks_ca_file: /etc/g/ca.pem}
+            enrollment: {ca_certificate: /etc/g/enroll.pem, ca_key: /etc/g/enroll.key, validity_days: 7}
+            """
+        let configuration = try ServerConfiguration.parse(text, file: "g.yaml")
+        #expect(configuration.listeners.count == 1)
+        #expect(configuration.httpListeners.map(\.port) == [8080, 8443])
+        #expect(
+            configuration.httpListeners[1].secure && configuration.httpListeners[1].tls.certificate == "/etc/g/web.pem")
+        #expect(
+            configuration.http.publicURL == "https://auth.example.com" && configuration.http.tokenRequestsPerClient == 5
+        )
+        #expect(configuration.http.serviceUserTokenLifetime == 120)
+        #expect(configuration.oauth.accessTokenLifetime == 60 && configuration.oauth.refreshRetryWindow == 2)
+        #expect(configuration.jwksCAFile == "/etc/g/ca.pem")
+        #expect(configuration.enrollment.validityDays == 7)
+        #expect(configuration.enrollmentAuthorityFiles == ("/etc/g/enroll.pem", "/etc/g/enroll.key", false))
+        #expect(ServerConfiguration().httpListeners.map { "\($0.host):\($0.port)" } == ["127.0.0.1:8080"])
+        for (bad, message) in [
+            ("enrollment: {ca_key: /k}", "g.yaml:1:13: 'enrollment' needs both"),
+            ("oauth: {refresh_retry_window: 900}", "g.yaml:1:31: 'refresh_retry_window' must be between 0 and 300"),
+            ("listeners: [http://127.0.0.1:8080]", "g.yaml:1:12: 'listeners' needs at least one MQTT listener URL"),
+            ("http: {public_url: ftp://x}", "g.yaml:1:20: 'public_url' must be an http:// or https:// URL"),
+        ] {
+            #expect(throws: ConfigurationError.self) { try ServerConfiguration.parse(bad, file: "g.yaml") }
+            do { _ = try ServerConfiguration.parse(bad, file: "g.yaml") } catch {
+                #expect(error.description.hasPrefix(message), "\(error.description)")
+            }
+        }
     }
 
     @Test("an empty file keeps every default")

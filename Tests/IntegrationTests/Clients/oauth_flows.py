@@ -202,6 +202,14 @@ def grants_and_refusals():
     refused(token({"grant_type": "password"}, auth=("svc-secret", secret)), "unsupported_grant_type", 400,
             "unknown grant type")
     refused(token({"scope": "device"}), "invalid_request", 400, "no grant_type")
+    broken = requests.post(TOKEN_URL, data="grant_type=%zz&scope=%", timeout=10,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    refused(broken, "invalid_request", 400, "invalid percent-encoding")
+    duplicated = requests.post(TOKEN_URL, data="grant_type=client_credentials&grant_type=refresh_token", timeout=10,
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    refused(duplicated, "invalid_request", 400, "a parameter given twice")
+    huge = requests.post(TOKEN_URL, data={"grant_type": "client_credentials", "scope": "x" * 70_000}, timeout=10)
+    refused(huge, "invalid_request", 400, "a body over the size limit")
 
     # Introspection needs authentication; revocation ends the token.
     access = token({"grant_type": "client_credentials"}, auth=("svc-secret", secret)).json()["access_token"]
@@ -222,6 +230,16 @@ def grants_and_refusals():
     check(not mqtt_publish("svc-secret", access), "a revoked access token cannot connect")
     unknown = requests.post(BASE + "/oauth/revoke", data={"token": "not-a-token"}, timeout=10)
     check(unknown.status_code == 200, "revoking an unknown token is 200 too (RFC 7009)")
+
+    # One client id in a retry loop is slowed down (20/s, bursts of 40); others are not.
+    with requests.Session() as session:
+        statuses = [session.post(TOKEN_URL, data={"grant_type": "client_credentials"}, auth=("flood", "x"),
+                                 timeout=10) for _ in range(60)]
+    limited = [response for response in statuses if response.status_code == 429]
+    check(limited and limited[0].headers.get("Retry-After") == "1"
+          and limited[0].json()["error"] == "temporarily_unavailable", "a flooding client id gets 429 with Retry-After")
+    check(token({"grant_type": "client_credentials"}, auth=("svc-secret", secret)).status_code == 200,
+          "another client is not slowed down")
 
 
 class KeyServer(http.server.BaseHTTPRequestHandler):
