@@ -38,6 +38,8 @@ struct AdminRoutes: Sendable {
         ("get", "/tokens"),
         ("post", "/tokens"),
         ("delete", "/tokens/{id}"),
+        ("get", "/enroll-tokens"),
+        ("post", "/enroll-tokens"),
     ]
 
     /// A route handler given the admin's audit name and the request body's JSON object.
@@ -73,6 +75,8 @@ struct AdminRoutes: Sendable {
             "get /tokens": { request, _, _ in listTokens(request) },
             "post /tokens": { _, _, call in createToken(call) },
             "delete /tokens/{id}": { _, context, call in revokeToken(context, call) },
+            "get /enroll-tokens": { request, _, _ in listEnrollmentTokens(request) },
+            "post /enroll-tokens": { _, _, call in createEnrollmentToken(call) },
         ]
         for route in Self.paths where route.path != "/application/currentApplication/subscriptions" {
             guard let handler = handlers["\(route.method) \(route.path)"] else { continue }
@@ -258,6 +262,35 @@ struct AdminRoutes: Sendable {
                 description: try call.body.optionalString("description"), actor: call.actor)
             return JSONResponse.object(
                 ["id": created.credential.id, "identity": identity, "token": created.token], status: .created,
+                noStore: true)
+        }
+    }
+
+    // MARK: Enrollment tokens
+
+    private func listEnrollmentTokens(_ request: Request) -> Response {
+        Problem.run {
+            let tokens = try store.enrollmentTokens(identity: request.query("identity")).map { token -> [String: Any] in
+                var json: [String: Any] = [
+                    "id": token.id, "identity": token.identity, "expires": iso8601(token.expiresAt),
+                    "pinned": token.publicKeySHA256 != nil, "used": token.usedAt != nil,
+                ]
+                if let usedAt = token.usedAt { json["usedAt"] = iso8601(usedAt) }
+                return json
+            }
+            return JSONResponse.object(["enrollTokens": tokens])
+        }
+    }
+
+    /// `{"identity", "expiresIn"?, "publicKeySHA256"?}`: a one-time token for POST /enroll, shown once.
+    private func createEnrollmentToken(_ call: AdminCall) -> Response {
+        Problem.run {
+            let identity = try call.body.string("identity")
+            let created = try store.createEnrollmentToken(
+                for: identity, lifetime: Int64(try call.body.optionalInt("expiresIn") ?? 3_600),
+                publicKeySHA256: try call.body.optionalString("publicKeySHA256"), actor: call.actor)
+            return JSONResponse.object(
+                ["id": created.token.id, "identity": identity, "token": created.secret], status: .created,
                 noStore: true)
         }
     }

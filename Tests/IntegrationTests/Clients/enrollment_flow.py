@@ -207,6 +207,12 @@ check(b"sensor-7" in est_certs.stdout, "the EST answer is a PKCS#7 holding the d
 check(mosquitto_pub(path("est.pem"), est_key).returncode == 0, "the EST certificate connects over mTLS")
 status, _ = curl("/.well-known/est/simpleenroll", "-u", f"sensor-7:{est_token}", body=path("est.b64"))
 check(status == 401, "the EST token is single-use too")
+# The admin API issues enrollment tokens too.
+api = run("curl", "-s", "--cacert", CA, "-H", f"Authorization: Bearer {ADMIN}", "-H", "Content-Type: application/json",
+          "-d", json.dumps({"identity": "sensor-7", "expiresIn": 600}), BASE + "/enroll-tokens")
+api_token = json.loads(api.stdout)["token"]
+status, _ = enroll(api_token, key_and_csr("api")[1])
+check(api_token.startswith("ghe_") and status == 200, "a token from POST /enroll-tokens enrolls")
 listed = iam("enrolled", "list", "sensor-7")
-check(listed.count("revoked") == 2 and listed.count("valid") >= 3, "iam enrolled list shows them", listed)
+check(listed.count("revoked") == 2 and listed.count("valid") >= 4, "iam enrolled list shows them", listed)
 print("done", flush=True)
