@@ -15,24 +15,15 @@ import uuid
 import paho.mqtt.client as mqtt
 import requests
 
+from flow_support import GATEHOUSE, check, gatehouse_iam, wait
+
 HTTP_PORT, MQTT_PORT, DATA_DIR = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
-GATEHOUSE = os.environ["GATEHOUSE_BINARY"]
 ADMIN = {"Authorization": "Bearer " + open(os.path.join(DATA_DIR, "admin.token")).read().strip()}
 
 
-def check(condition, what, detail=""):
-    if not condition:
-        print(f"FAILED: {what} {detail}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
 def iam(*arguments):
-    result = subprocess.run([GATEHOUSE, "iam", *arguments, "--data-dir", DATA_DIR], capture_output=True, text=True,
-                            timeout=30)
-    check(result.returncode == 0, f"iam {' '.join(arguments)}", result.stderr)
-    return result.stdout.strip()
+    return gatehouse_iam(DATA_DIR, *arguments)
 
 
 class Session:
@@ -69,13 +60,6 @@ class Session:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait(condition, seconds):
-    deadline = time.time() + seconds
-    while not condition() and time.time() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 def mosquitto_sub(username, password, topic):

@@ -15,22 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import paho.mqtt.client as mqtt
+
+from flow_support import check, gatehouse_iam
 
 HTTPS_PORT, MQTTS_PORT, DATA_DIR, WORK = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 BASE = f"https://127.0.0.1:{HTTPS_PORT}"
 CA = os.path.join(DATA_DIR, "certs", "ca.pem")
-GATEHOUSE = os.environ["GATEHOUSE_BINARY"]
 ADMIN = open(os.path.join(DATA_DIR, "admin.token")).read().strip()
-
-
-def check(condition, what, detail=""):
-    if not condition:
-        print(f"FAILED: {what} {detail}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
 
 
 def run(*command, input=None):
@@ -38,9 +31,7 @@ def run(*command, input=None):
 
 
 def iam(*arguments):
-    result = run(GATEHOUSE, "iam", *arguments, "--data-dir", DATA_DIR)
-    check(result.returncode == 0, f"iam {' '.join(arguments)}", result.stderr.decode())
-    return result.stdout.decode().strip()
+    return gatehouse_iam(DATA_DIR, *arguments)
 
 
 def path(name):

@@ -23,29 +23,17 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
+from flow_support import check, gatehouse_iam
+
 SCENARIO, HTTP_PORT, MQTT_PORT, DATA_DIR = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
 TOKEN_URL = BASE + "/oauth/token"
-GATEHOUSE = os.environ["GATEHOUSE_BINARY"]
 BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-def check(condition, what, detail=""):
-    if not condition:
-        print(f"FAILED: {what} {detail}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-def iam(*arguments, expect_success=True):
-    result = subprocess.run(
-        [GATEHOUSE, "iam", *arguments, "--data-dir", DATA_DIR], capture_output=True, text=True, timeout=30
-    )
-    if expect_success and result.returncode != 0:
-        print(f"FAILED: iam {' '.join(arguments)}: {result.stderr}", flush=True)
-        sys.exit(1)
-    return result.stdout.strip()
+def iam(*arguments):
+    return gatehouse_iam(DATA_DIR, *arguments)
 
 
 def new_key(kid):

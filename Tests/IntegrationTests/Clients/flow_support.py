@@ -1,0 +1,33 @@
+"""What the flow scripts share: one 'ok: …' line per check, the gatehouse CLI, and waiting."""
+
+import os
+import subprocess
+import sys
+import time
+
+GATEHOUSE = os.environ.get("GATEHOUSE_BINARY", "gatehouse")
+
+
+def check(condition, what, detail=""):
+    """Prints 'ok: WHAT', or 'FAILED: WHAT DETAIL' and exits 1."""
+    if not condition:
+        print(f"FAILED: {what} {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+def gatehouse_iam(data_dir, *arguments, expect_success=True):
+    """`gatehouse iam ARGUMENTS --data-dir DATA_DIR`; its standard output, stripped."""
+    result = subprocess.run([GATEHOUSE, "iam", *arguments, "--data-dir", data_dir], capture_output=True, text=True,
+                            timeout=30)
+    if expect_success:
+        check(result.returncode == 0, f"iam {' '.join(arguments)}", result.stderr)
+    return result.stdout.strip()
+
+
+def wait(condition, seconds):
+    """Polls `condition` until it holds or `seconds` pass; returns its last value."""
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+    return condition()
