@@ -282,6 +282,7 @@ extension IdentityStore {
             guard let identity else { continue }
             let token = try await JWTIssuer(store: self).signAccessToken(
                 identity: identity, roles: identity.roles, lifetime: lifetime, clientID: application.name, family: nil)
+            try await offloaded { [self] in try write(keepsSnapshot: true) { db in try token.record(db) } }
             result.append(ServiceUserCredentials(tenant: identity.tenant, name: identity.name, password: token.token))
         }
         return result

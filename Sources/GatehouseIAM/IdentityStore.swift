@@ -14,6 +14,8 @@ public final class IdentityStore: Sendable {
     /// Serials of revoked enrolled certificates, as of the latest snapshot: the TLS listeners
     /// ask it on every handshake, even while the snapshot is being replaced.
     let revokedCertificateSerials = NIOLockedValueBox<Set<String>>([])
+    /// The signing key the token endpoint last read, and when.
+    let currentSigningKey = NIOLockedValueBox<(kid: String, pem: String, read: ContinuousClock.Instant)?>(nil)
 
     /// The store's file in a data directory.
     public static func defaultPath(dataDirectory: String) -> String {
@@ -258,6 +260,8 @@ public final class IdentityStore: Sendable {
         do {
             return try database.write(body)
         } catch let error as IAMError {
+            throw error
+        } catch let error as OAuthError {
             throw error
         } catch let error as DatabaseError
             where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE

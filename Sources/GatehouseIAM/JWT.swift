@@ -137,15 +137,13 @@ public struct JWTIssuer: Sendable {
         return token
     }
 
-    /// An access token for the token endpoint: signed with the current key and recorded, so
-    /// that it can be revoked with its refresh-token family, but with no audit row (issuing
-    /// changes nothing that CONNECT decides on).
+    /// An access token for the token endpoint, signed with the current key. The caller records
+    /// it (`IssuedAccessToken.record`), so that it can be revoked with its refresh-token family;
+    /// issuing writes no audit row, as it changes nothing that CONNECT decides on.
     func signAccessToken(
         identity: Identity, roles: [String], lifetime: Int64, clientID: String, family: String?
-    ) async throws -> (token: String, tokenID: String, expiresAt: Int64) {
-        let (kid, pem) = try await store.offloaded { [store] in
-            try Self.currentKey(in: store, actor: "gatehouse:oauth")
-        }
+    ) async throws -> IssuedAccessToken {
+        let (kid, pem) = try await currentKeyCached()
         let keys = try await Self.signingKeys(kid: kid, pem: pem)
         let issuedAt = now()
         let claims = IssuedClaims(
@@ -153,17 +151,21 @@ public struct JWTIssuer: Sendable {
             roles: roles.sorted(), iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"),
             clientID: clientID, scope: roles.sorted().joined(separator: " "))
         let token = try await keys.sign(claims, kid: JWKIdentifier(string: kid))
-        try await store.offloaded { [store] in
-            try store.write(keepsSnapshot: true) { db in
-                try db.execute(
-                    sql: """
-                        INSERT INTO issued_jwt (jti, identity_id, kid, issued_at, expires_at, family, client_id)
-                        VALUES (?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [claims.jti, identity.id, kid, issuedAt, claims.exp, family, clientID])
-            }
+        return IssuedAccessToken(
+            token: token, tokenID: claims.jti, identityID: identity.id, kid: kid, issuedAt: issuedAt,
+            expiresAt: claims.exp, family: family, clientID: clientID)
+    }
+
+    /// The current signing key, read from the store at most once a second: a rotation by the
+    /// CLI signs new tokens within a second, and the previous key still verifies the others.
+    private func currentKeyCached() async throws -> (kid: String, pem: String) {
+        let moment = ContinuousClock.now
+        if let cached = store.currentSigningKey.withLockedValue({ $0 }), moment - cached.read < .seconds(1) {
+            return (cached.kid, cached.pem)
         }
-        return (token, claims.jti, claims.exp)
+        let key = try await store.offloaded { [store] in try Self.currentKey(in: store, actor: "gatehouse:oauth") }
+        store.currentSigningKey.withLockedValue { $0 = (key.kid, key.pem, moment) }
+        return key
     }
 
     /// Parsing a PEM key costs more than signing with it: one collection per signing key.
@@ -307,4 +309,25 @@ extension TrustedIssuer {
 func base64URL(_ bytes: some Collection<UInt8>) -> String {
     Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
         .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+}
+
+/// A signed access token not yet recorded in `issued_jwt`.
+struct IssuedAccessToken: Sendable {
+    var token: String
+    var tokenID: String
+    var identityID: String
+    var kid: String
+    var issuedAt: Int64
+    var expiresAt: Int64
+    var family: String?
+    var clientID: String
+
+    func record(_ db: Database) throws {
+        let insert = try db.cachedStatement(
+            sql: """
+                INSERT INTO issued_jwt (jti, identity_id, kid, issued_at, expires_at, family, client_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """)
+        try insert.execute(arguments: [tokenID, identityID, kid, issuedAt, expiresAt, family, clientID])
+    }
 }

@@ -18,6 +18,7 @@ struct AssertionVerifier: Sendable {
         var issuer: String
         var subject: String
         var expiresAt: Int64
+        var pending: PendingAssertion
     }
 
     /// The unverified `iss` and `sub`, to find whose keys must have signed the assertion.
@@ -69,15 +70,20 @@ struct AssertionVerifier: Sendable {
         guard let tokenID = claims.string("jti"), !tokenID.isEmpty else {
             return .failure(.init("the assertion has no 'jti'"))
         }
-        let fresh: Bool
-        do {
-            fresh = try await store.offloaded { [store] in
-                try store.recordAssertion(issuer: parties.issuer, tokenID: tokenID, expiresAt: expiry + leeway)
-            }
-        } catch { return .failure(.init("the identity store failed")) }
-        guard fresh else { return .failure(.init("the assertion's 'jti' was used before")) }
-        return .success(Verified(issuer: parties.issuer, subject: parties.subject, expiresAt: expiry))
+        // The jti is recorded in the transaction that issues the token (`recordIssuance`).
+        return .success(
+            Verified(
+                issuer: parties.issuer, subject: parties.subject, expiresAt: expiry,
+                pending: PendingAssertion(issuer: parties.issuer, tokenID: tokenID, expiresAt: expiry + leeway)))
     }
+}
+
+/// An assertion's `jti`, recorded when the token it buys is issued: once recorded, the same
+/// assertion is refused as a replay.
+struct PendingAssertion: Sendable {
+    var issuer: String
+    var tokenID: String
+    var expiresAt: Int64
 }
 
 /// A resolved jwt-kit key, checking a compact JWS over exactly the bytes it signs.
@@ -92,18 +98,24 @@ struct JWTAlgorithmValue: Sendable {
 }
 
 extension IdentityStore {
-    /// Records an assertion's `jti` until it expires; false when it was recorded already.
-    func recordAssertion(issuer: String, tokenID: String, expiresAt: Int64) throws -> Bool {
-        try write(keepsSnapshot: true) { db in
-            let moment = now()
-            // Expired ids can never be replayed (their assertion is refused first): forget them now and then.
-            if Int.random(in: 0..<64) == 0 {
-                try db.execute(sql: "DELETE FROM seen_assertion WHERE expires_at < ?", arguments: [moment])
-            }
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO seen_assertion (issuer, jti, expires_at) VALUES (?, ?, ?)",
-                arguments: [issuer, tokenID, expiresAt])
-            return db.changesCount == 1
+    /// Records assertion ids until they expire; false when one was recorded already.
+    static func recordAssertions(_ db: Database, _ assertions: [PendingAssertion]) throws -> Bool {
+        let moment = now()
+        // Expired ids can never be replayed (their assertion is refused first): forget them now and then.
+        if Int.random(in: 0..<256) == 0 {
+            try db.execute(sql: "DELETE FROM seen_assertion WHERE expires_at < ?", arguments: [moment])
         }
+        let insert = try db.cachedStatement(
+            sql: "INSERT OR IGNORE INTO seen_assertion (issuer, jti, expires_at) VALUES (?, ?, ?)")
+        for assertion in assertions {
+            try insert.execute(arguments: [assertion.issuer, assertion.tokenID, assertion.expiresAt])
+            guard db.changesCount == 1 else { return false }
+        }
+        return true
+    }
+
+    /// Records assertion ids alone (client authentication at revocation or introspection).
+    func recordAssertions(_ assertions: [PendingAssertion]) throws -> Bool {
+        try write(keepsSnapshot: true) { db in try Self.recordAssertions(db, assertions) }
     }
 }

@@ -136,19 +136,20 @@ public final class OAuthServer: Sendable {
             guard request.client != .none else {
                 throw OAuthError(.invalidClient, "client_credentials needs client authentication")
             }
-            let client = try await authenticate(request.client, tokenEndpoint: request.tokenEndpoint)
+            let (client, pending) = try await authenticateClient(request.client, tokenEndpoint: request.tokenEndpoint)
             guard client.grants.contains(.clientCredentials) else {
                 throw OAuthError(.unauthorizedClient, "'\(client.clientID)' may not use client_credentials")
             }
             let scope = try Self.grantedScope(request.scope, held: client.identity.roles, allowed: client.scopes)
-            return try await issue(to: client.identity, scope: scope, clientID: client.clientID, refresh: nil)
+            return try await issue(
+                to: client.identity, scope: scope, clientID: client.clientID, refresh: nil, assertions: pending)
         case OAuthGrant.jwtBearer.grantType:
             guard let assertion = request.assertion, !assertion.isEmpty else {
                 throw OAuthError(.invalidRequest, "'assertion' is missing")
             }
             let authenticated =
                 request.client == .none
-                ? nil : try await authenticate(request.client, tokenEndpoint: request.tokenEndpoint)
+                ? nil : try await authenticateClient(request.client, tokenEndpoint: request.tokenEndpoint)
             return try await bearer(
                 assertion, scope: request.scope, authenticated: authenticated, tokenEndpoint: request.tokenEndpoint)
         case OAuthGrant.refreshToken.grantType:
@@ -157,7 +158,7 @@ public final class OAuthServer: Sendable {
             }
             let authenticated =
                 request.client == .none
-                ? nil : try await authenticate(request.client, tokenEndpoint: request.tokenEndpoint)
+                ? nil : try await authenticateClient(request.client, tokenEndpoint: request.tokenEndpoint)
             return try await refresh(presented, scope: request.scope, authenticated: authenticated)
         case let other?:
             throw OAuthError(.unsupportedGrantType, "grant_type '\(other)' is not supported")
@@ -167,16 +168,20 @@ public final class OAuthServer: Sendable {
     /// RFC 7523 §2.1: the assertion's issuer is a client asserting itself (`iss` = `sub`,
     /// verified with its registered keys) or a trusted assertion issuer asserting a subject.
     private func bearer(
-        _ assertion: String, scope: String?, authenticated: OAuthClient?, tokenEndpoint: String
+        _ assertion: String, scope: String?, authenticated: (client: OAuthClient, assertions: [PendingAssertion])?,
+        tokenEndpoint: String
     ) async throws -> TokenResponse {
         let parties: (issuer: String, subject: String)
         switch AssertionVerifier.parties(assertion) {
         case .failure(let refusal): throw OAuthError(.invalidGrant, refusal.reason)
         case .success(let found): parties = found
         }
-        let asserter = try await store.offloaded { [store] in try store.asserter(named: parties.issuer) }
+        // Who signed it, and whom it names, in one read.
+        let context = try await store.offloaded { [store] in
+            try store.bearerContext(issuer: parties.issuer, subject: parties.subject)
+        }
         let keySource: PublicKeySource
-        switch asserter {
+        switch context.asserter {
         case nil:
             throw OAuthError(.invalidGrant, "'\(parties.issuer)' is neither a client with keys nor a trusted issuer")
         case .client(let client):
@@ -193,34 +198,29 @@ public final class OAuthServer: Sendable {
             }
             keySource = issuer.keys
         }
-        if case .failure(let refusal) = await verifier.verify(
-            assertion, keySource: keySource, audience: tokenEndpoint)
-        {
-            throw OAuthError(.invalidGrant, refusal.reason)
+        let verified: AssertionVerifier.Verified
+        switch await verifier.verify(assertion, keySource: keySource, audience: tokenEndpoint) {
+        case .failure(let refusal): throw OAuthError(.invalidGrant, refusal.reason)
+        case .success(let found): verified = found
         }
-        let tenant: String? = if case .issuer(let issuer) = asserter { issuer.tenant } else { nil }
-        let subject = try await store.offloaded { [store] in
-            try store.activeIdentity(named: parties.subject, tenant: tenant)
-        }
-        guard let subject else {
+        guard let subject = context.subject else {
             throw OAuthError(.invalidGrant, "the subject '\(parties.subject)' is unknown or disabled")
         }
         // The subject's own client settings limit its scopes and say whether it gets refresh tokens.
-        let subjectClient = try await store.offloaded { [store] in
-            try store.read { db in try IdentityStore.client(db, named: subject.name) }
-        }
+        let subjectClient = context.subjectClient
         let granted = try Self.grantedScope(scope, held: subject.roles, allowed: subjectClient?.scopes)
         let refresh = subjectClient.map { $0.enabled && $0.grants.contains(.refreshToken) } == true
-        let clientID = authenticated?.clientID ?? subjectClient?.clientID ?? parties.issuer
+        let clientID = authenticated?.client.clientID ?? subjectClient?.clientID ?? parties.issuer
         return try await issue(
-            to: subject, scope: granted, clientID: clientID, refresh: refresh ? randomID("fam") : nil)
+            to: subject, scope: granted, clientID: clientID, refresh: refresh ? randomID("fam") : nil,
+            assertions: (authenticated?.assertions ?? []) + [verified.pending])
     }
 
     /// RFC 6749 §6 with rotation: each use returns a new refresh token; a used one presented
     /// again within the retry window gets the same successor, after it revokes its family.
-    private func refresh(_ presented: String, scope: String?, authenticated: OAuthClient?) async throws
-        -> TokenResponse
-    {
+    private func refresh(
+        _ presented: String, scope: String?, authenticated: (client: OAuthClient, assertions: [PendingAssertion])?
+    ) async throws -> TokenResponse {
         let digest = Data(SHA256.hash(data: Array(presented.utf8)))
         let window = settings.refreshRetryWindow
         let use = try await store.offloaded { [store] in try store.useRefreshToken(digest, retryWindow: window) }
@@ -236,21 +236,21 @@ public final class OAuthServer: Sendable {
             guard let successor = successors.withLockedValue({ $0[digest] }), successor.until >= now() else {
                 throw OAuthError(.invalidGrant, "the refresh token was used already")
             }
-            try Self.check(used, authenticated: authenticated)
+            try Self.check(used, authenticated: authenticated?.client)
             let identity = try await activeSubject(of: used)
             var response = try await issue(
                 to: identity, scope: used.scope.filter(identity.roles.contains), clientID: used.clientID,
-                refresh: nil, family: used.family)
+                refresh: nil, family: used.family, assertions: authenticated?.assertions ?? [])
             response.refreshToken = successor.refreshToken
             return response
         case .fresh(let fresh): record = fresh
         }
-        try Self.check(record, authenticated: authenticated)
+        try Self.check(record, authenticated: authenticated?.client)
         let identity = try await activeSubject(of: record)
         let requested = try Self.grantedScope(scope, held: record.scope, allowed: nil)
         let response = try await issue(
             to: identity, scope: requested.filter(identity.roles.contains), clientID: record.clientID,
-            refresh: record.family)
+            refresh: record.family, assertions: authenticated?.assertions ?? [])
         if let successor = response.refreshToken {
             let until = now() + window
             successors.withLockedValue { successors in
@@ -292,20 +292,18 @@ public final class OAuthServer: Sendable {
         return Set(asked).sorted()
     }
 
+    /// Signs the access token, then records it with the assertions it used and any new
+    /// refresh token in one write.
     private func issue(
-        to identity: Identity, scope: [String], clientID: String, refresh newFamily: String?, family: String? = nil
+        to identity: Identity, scope: [String], clientID: String, refresh newFamily: String?, family: String? = nil,
+        assertions: [PendingAssertion]
     ) async throws -> TokenResponse {
-        let family = newFamily ?? family
         let access = try await JWTIssuer(store: store).signAccessToken(
             identity: identity, roles: scope, lifetime: settings.accessTokenLifetime, clientID: clientID,
-            family: family)
-        var refreshToken: String?
-        if let newFamily {
-            let lifetime = settings.refreshTokenLifetime
-            refreshToken = try await store.offloaded { [store] in
-                try store.createRefreshToken(
-                    family: newFamily, identityID: identity.id, clientID: clientID, scope: scope, lifetime: lifetime)
-            }
+            family: newFamily ?? family)
+        let refresh = newFamily == nil ? nil : (scope: scope, lifetime: settings.refreshTokenLifetime)
+        let refreshToken = try await store.offloaded { [store] in
+            try store.recordIssuance(access, assertions: assertions, refresh: refresh)
         }
         return TokenResponse(
             accessToken: access.token, expiresIn: settings.accessTokenLifetime, scope: scope.joined(separator: " "),
@@ -314,10 +312,21 @@ public final class OAuthServer: Sendable {
 
     // MARK: Client authentication
 
-    /// The client behind a secret or a `private_key_jwt` assertion; `invalid_client` with the
-    /// same words for an unknown client and a wrong secret.
+    /// The client behind a secret or a `private_key_jwt` assertion (its `jti` recorded now);
+    /// `invalid_client` with the same words for an unknown client and a wrong secret.
     public func authenticate(_ authentication: ClientAuthentication, tokenEndpoint: String) async throws
         -> OAuthClient
+    {
+        let (client, assertions) = try await authenticateClient(authentication, tokenEndpoint: tokenEndpoint)
+        guard try await store.offloaded({ [store] in try store.recordAssertions(assertions) }) else {
+            throw OAuthError(.invalidClient, "client assertion refused: its 'jti' was used before")
+        }
+        return client
+    }
+
+    /// As `authenticate`, leaving a client assertion's `jti` to the write that issues the token.
+    private func authenticateClient(_ authentication: ClientAuthentication, tokenEndpoint: String) async throws
+        -> (client: OAuthClient, assertions: [PendingAssertion])
     {
         let refused = OAuthError(.invalidClient, "client authentication failed")
         switch authentication {
@@ -331,7 +340,7 @@ public final class OAuthServer: Sendable {
                 PasswordHasher.verify(Array(secret.utf8), hash: stored.hash, kdf: stored.kdf)
             }
             guard matches else { throw refused }
-            return stored.client
+            return (stored.client, [])
         case .assertion(let claimedID, let assertion):
             guard case .success(let parties) = AssertionVerifier.parties(assertion) else { throw refused }
             // RFC 7523 §3: iss and sub are both the client id.
@@ -340,12 +349,10 @@ public final class OAuthServer: Sendable {
             }
             let client = try await store.offloaded { [store] in try store.activeClient(named: parties.issuer) }
             guard let client, !client.keys.isEmpty else { throw refused }
-            if case .failure(let refusal) = await verifier.verify(
-                assertion, keySource: client.keys, audience: tokenEndpoint)
-            {
-                throw OAuthError(.invalidClient, "client assertion refused: \(refusal.reason)")
+            switch await verifier.verify(assertion, keySource: client.keys, audience: tokenEndpoint) {
+            case .failure(let refusal): throw OAuthError(.invalidClient, "client assertion refused: \(refusal.reason)")
+            case .success(let verified): return (client, [verified.pending])
             }
-            return client
         }
     }
 

@@ -38,23 +38,31 @@ enum Asserter: Sendable {
 }
 
 extension IdentityStore {
-    func createRefreshToken(family: String, identityID: String, clientID: String, scope: [String], lifetime: Int64)
-        throws -> String
-    {
-        let token = RefreshTokenFormat.generate()
+    /// Records what one token response hands out, in one transaction: the assertions it used
+    /// (refused as a replay when seen before), the access token, and a new refresh token when
+    /// `refresh` says so. Returns the refresh token.
+    func recordIssuance(
+        _ access: IssuedAccessToken, assertions: [PendingAssertion], refresh: (scope: [String], lifetime: Int64)?
+    ) throws -> String? {
         try write(keepsSnapshot: true) { db in
-            try db.execute(
+            guard try Self.recordAssertions(db, assertions) else {
+                throw OAuthError(.invalidGrant, "the assertion's 'jti' was used before")
+            }
+            try access.record(db)
+            guard let refresh, let family = access.family else { return nil }
+            let token = RefreshTokenFormat.generate()
+            let insert = try db.cachedStatement(
                 sql: """
                     INSERT INTO refresh_token (id, token_hash, family, identity_id, client_id, scope, issued_at,
                         expires_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    randomID("rt"), Data(SHA256.hash(data: Array(token.utf8))), family, identityID, clientID,
-                    scope.joined(separator: " "), now(), now() + lifetime,
-                ])
+                    """)
+            try insert.execute(arguments: [
+                randomID("rt"), Data(SHA256.hash(data: Array(token.utf8))), family, access.identityID, access.clientID,
+                refresh.scope.joined(separator: " "), now(), now() + refresh.lifetime,
+            ])
+            return token
         }
-        return token
     }
 
     /// Marks the token used, in one transaction with the check, so that two requests racing
@@ -159,24 +167,28 @@ extension IdentityStore {
         }
     }
 
-    /// The client or trusted issuer named as an assertion's `iss`.
-    func asserter(named issuer: String) throws -> Asserter? {
+    /// Who signed a JWT-bearer assertion, and the subject it names (active, in the issuer's
+    /// tenant when it has one) with that subject's client settings: one read per grant.
+    func bearerContext(issuer: String, subject: String) throws -> (
+        asserter: Asserter?, subject: Identity?, subjectClient: OAuthClient?
+    ) {
         try read { db in
-            if let client = try Self.client(db, named: issuer), !client.keys.isEmpty { return .client(client) }
-            return try Row.fetchOne(db, sql: "SELECT * FROM assertion_issuer WHERE issuer = ?", arguments: [issuer])
-                .map { .issuer(Self.assertionIssuer($0)) }
-        }
-    }
-
-    /// An enabled identity in an enabled tenant (and in `tenant`, when given).
-    func activeIdentity(named name: String, tenant: String?) throws -> Identity? {
-        try read { db in
+            let asserter: Asserter?
+            if let client = try Self.client(db, named: issuer), !client.keys.isEmpty {
+                asserter = .client(client)
+            } else {
+                asserter = try Row.fetchOne(
+                    db, sql: "SELECT * FROM assertion_issuer WHERE issuer = ?", arguments: [issuer]
+                ).map { .issuer(Self.assertionIssuer($0)) }
+            }
+            let tenant: String? = if case .issuer(let trusted) = asserter { trusted.tenant } else { nil }
             guard
                 let id = try String.fetchOne(
                     db, sql: "SELECT id FROM identity WHERE name = ? AND (? IS NULL OR tenant = ?)",
-                    arguments: [name, tenant, tenant])
-            else { return nil }
-            return try Self.activeIdentity(db, id: id)
+                    arguments: [subject, tenant, tenant]),
+                let identity = try Self.activeIdentity(db, id: id)
+            else { return (asserter, nil, nil) }
+            return (asserter, identity, try Self.client(db, named: identity.name))
         }
     }
 
