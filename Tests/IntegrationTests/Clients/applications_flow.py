@@ -158,6 +158,14 @@ check(gone["totalResults"] == 0, "tenant A's service user is deleted")
 check(len(requests.get(BASE + "/application/currentApplication/subscriptions", auth=bootstrap,
                        timeout=10).json()["users"]) == 1, "the bootstrap credentials now see one tenant")
 
+# The bootstrap secret rotates: the old one stops working at once.
+rotated = requests.post(BASE + "/applications/analytics/bootstrap-secret", headers=ADMIN, timeout=10).json()
+check(requests.get(BASE + "/application/currentApplication/subscriptions", auth=bootstrap,
+                   timeout=10).status_code == 401, "the bootstrap secret before rotation is refused")
+bootstrap = (rotated["username"], rotated["password"])
+check(requests.get(BASE + "/application/currentApplication/subscriptions", auth=bootstrap,
+                   timeout=10).status_code == 200, "the rotated bootstrap secret works")
+
 # Changing the required roles changes the service users'; disabling the application disables them.
 changed = requests.patch(BASE + "/applications/analytics", headers=ADMIN, json={"requiredRoles": ["other"]},
                          timeout=10)

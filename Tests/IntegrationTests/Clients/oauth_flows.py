@@ -199,6 +199,43 @@ def grants_and_refusals():
     huge = requests.post(TOKEN_URL, data={"grant_type": "client_credentials", "scope": "x" * 70_000}, timeout=10)
     refused(huge, "invalid_request", 400, "a body over the size limit")
 
+    # A trusted assertion issuer (a factory's signing service) asserts the devices it may.
+    factory = new_key("factory-1")
+    iam("assertion-issuer", "add", "factory", "--jwks", jwks(factory), "--subjects", "plant-*", "--tenant", "acme")
+    setup_identity("plant-7", kind="device")
+    setup_identity("office-1", kind="device")
+    asserted = token({"grant_type": BEARER, "assertion": assertion(factory, "factory", subject="plant-7")})
+    check(asserted.status_code == 200 and mqtt_publish("plant-7", asserted.json()["access_token"]),
+          "a trusted issuer's assertion for a subject it may assert publishes over MQTT", asserted.text)
+    refused(token({"grant_type": BEARER, "assertion": assertion(factory, "factory", subject="office-1")}),
+            "invalid_grant", 400, "a subject outside the issuer's pattern")
+    refused(token({"grant_type": BEARER, "assertion": assertion(factory, "unknown-issuer", subject="plant-7")}),
+            "invalid_grant", 400, "an unknown issuer")
+    check("plant-*" in iam("assertion-issuer", "list"), "iam assertion-issuer list")
+
+    # The client CLI: rotate the secret, change keys, disable.
+    rotated = iam("client", "rotate-secret", "svc-secret")
+    refused(token({"grant_type": "client_credentials"}, auth=("svc-secret", secret)), "invalid_client", 401,
+            "the secret before rotation")
+    check(token({"grant_type": "client_credentials"}, auth=("svc-secret", rotated)).status_code == 200,
+          "the rotated secret works")
+    secret = rotated
+    second = new_key("keyed-2")
+    iam("client", "add-key", "svc-keyed", json.dumps(second.as_dict(private=False)))
+    iam("client", "remove-key", "svc-keyed", "keyed-1")
+    check(token({"grant_type": "client_credentials", "client_assertion_type": CLIENT_ASSERTION,
+                 "client_assertion": assertion(second, "svc-keyed")}).status_code == 200, "an added key works")
+    refused(token({"grant_type": "client_credentials", "client_assertion_type": CLIENT_ASSERTION,
+                   "client_assertion": assertion(keyed, "svc-keyed")}), "invalid_client", 401, "a removed key")
+    shown = iam("client", "show", "svc-keyed")
+    check("keyed-2" in shown and "keyed-1" not in shown, "iam client show lists the keys", shown)
+    iam("client", "disable", "svc-keyed")
+    refused(token({"grant_type": "client_credentials", "client_assertion_type": CLIENT_ASSERTION,
+                   "client_assertion": assertion(second, "svc-keyed")}), "invalid_client", 401, "a disabled client")
+    check("disabled" in iam("client", "list"), "iam client list shows it disabled")
+    audit = iam("audit")
+    check("client.rotate-secret" in audit and "client.disable" in audit, "client changes are audited")
+
     # Introspection needs authentication; revocation ends the token.
     access = token({"grant_type": "client_credentials"}, auth=("svc-secret", secret)).json()["access_token"]
     unauthenticated = requests.post(BASE + "/oauth/introspect", data={"token": access}, timeout=10)
@@ -313,9 +350,23 @@ def refresh():
             "the family's newest refresh token is revoked too")
     check(not mqtt_publish("device-r", second["access_token"]), "the family's access token cannot connect")
 
-    # RFC 7009: revoking a refresh token revokes the access tokens of its family.
+    # RFC 7009: revoking a refresh token revokes the access tokens of its family and ends their sessions.
     third = token({"grant_type": BEARER, "assertion": assertion(key, "device-r")}).json()
+    live = subprocess.Popen(
+        ["stdbuf", "-oL", "mosquitto_sub", "-p", str(MQTT_PORT), "-V", "mqttv5", "-u", "device-r", "-P",
+         third["access_token"], "-t", "t", "-d"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    live_lines = []
+    threading.Thread(target=lambda: live_lines.extend(live.stdout), daemon=True).start()
+    deadline = time.time() + 5
+    while not any("SUBACK" in line for line in live_lines) and time.time() < deadline:
+        time.sleep(0.05)
+    revoked_at = time.time()
     requests.post(BASE + "/oauth/revoke", data={"token": third["refresh_token"]}, timeout=10)
+    while not any("DISCONNECT (152)" in line for line in live_lines) and time.time() < revoked_at + 3:
+        time.sleep(0.05)
+    check(any("DISCONNECT (152)" in line for line in live_lines) and time.time() - revoked_at < 1.0,
+          "POST /oauth/revoke of a refresh token ends its access tokens' live sessions within a second", live_lines)
+    live.kill()
     check(not mqtt_publish("device-r", third["access_token"]), "revoking a refresh token revokes its access tokens")
 
 
