@@ -8,14 +8,13 @@ Prints one 'ok: …' line per check and exits non-zero at the first failed one.
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
 import paho.mqtt.client as mqtt
 import requests
 
-from flow_support import GATEHOUSE, check, gatehouse_iam, wait
+from flow_support import GATEHOUSE, Subscriber, check, gatehouse_iam, wait
 
 HTTP_PORT, MQTT_PORT, DATA_DIR = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
@@ -63,13 +62,9 @@ class Session:
 
 
 def mosquitto_sub(username, password, topic):
-    process = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-p", str(MQTT_PORT), "-V", "mqttv5", "-u", username, "-P", password,
-         "-t", topic, "-d"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
-    check(wait(lambda: any("SUBACK" in line for line in lines), 5), f"mosquitto_sub for {username} subscribed", lines)
-    return process, lines
+    subscriber = Subscriber("-p", str(MQTT_PORT), "-V", "mqttv5", "-u", username, "-P", password, "-t", topic)
+    check(subscriber.wait_for("SUBACK"), f"mosquitto_sub for {username} subscribed", subscriber.lines)
+    return subscriber
 
 
 for tenant in ("provider", "tenant-a", "tenant-b"):
@@ -140,17 +135,17 @@ a.close()
 b.close()
 
 # Unsubscribing tenant A ends its live session within a second; tenant B's keeps running.
-sub_a, lines_a = mosquitto_sub(service["tenant-a"]["name"], service["tenant-a"]["password"], "tenants/tenant-a/#")
-sub_b, lines_b = mosquitto_sub(service["tenant-b"]["name"], service["tenant-b"]["password"], "tenants/tenant-b/#")
+sub_a = mosquitto_sub(service["tenant-a"]["name"], service["tenant-a"]["password"], "tenants/tenant-a/#")
+sub_b = mosquitto_sub(service["tenant-b"]["name"], service["tenant-b"]["password"], "tenants/tenant-b/#")
 started = time.time()
 removed = requests.delete(BASE + "/applications/analytics/subscriptions/tenant-a", headers=ADMIN, timeout=10)
 check(removed.status_code == 204, "DELETE …/subscriptions/tenant-a", removed.text)
-check(wait(lambda: any("DISCONNECT (152)" in line for line in lines_a), 3) and time.time() - started < 1.0,
-      f"tenant A's mosquitto_sub got DISCONNECT 0x98 after {time.time() - started:.2f} s", lines_a)
+check(sub_a.wait_for("DISCONNECT (152)", 3) and time.time() - started < 1.0,
+      f"tenant A's mosquitto_sub got DISCONNECT 0x98 after {time.time() - started:.2f} s", sub_a.lines)
 publisher = Session(service["tenant-b"]["name"], service["tenant-b"]["password"])
 check(publisher.publish("tenants/tenant-b/alive"), "tenant B's service user still publishes")
-check(wait(lambda: any("tenants/tenant-b/alive" in line or "PUBLISH" in line for line in lines_b), 3)
-      and sub_b.poll() is None, "tenant B's mosquitto_sub keeps running and receives it", lines_b)
+check(sub_b.wait_for("PUBLISH", 3) and sub_b.process.poll() is None,
+      "tenant B's mosquitto_sub keeps running and receives it", sub_b.lines)
 publisher.close()
 gone = requests.get(BASE + "/scim/v2/Users", headers=ADMIN, timeout=10,
                     params={"filter": 'userName eq "service_analytics@tenant-a"'}).json()
@@ -170,8 +165,7 @@ check(requests.get(BASE + "/application/currentApplication/subscriptions", auth=
 changed = requests.patch(BASE + "/applications/analytics", headers=ADMIN, json={"requiredRoles": ["other"]},
                          timeout=10)
 check(changed.status_code == 200 and changed.json()["requiredRoles"] == ["other"], "PATCH requiredRoles")
-check(wait(lambda: any("DISCONNECT (152)" in line for line in lines_b), 3),
-      "a service user that lost its role is disconnected", lines_b)
+check(sub_b.wait_for("DISCONNECT (152)", 3), "a service user that lost its role is disconnected", sub_b.lines)
 roles = requests.get(BASE + "/scim/v2/Users", headers=ADMIN, timeout=10,
                      params={"filter": 'userName eq "service_analytics@tenant-b"'}).json()["Resources"][0]
 check(roles["urn:gatehouse:params:scim:schemas:extension:2.0:Identity"]["roles"] == ["other"],

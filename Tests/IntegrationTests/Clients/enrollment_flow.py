@@ -13,12 +13,11 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 import time
 
 import paho.mqtt.client as mqtt
 
-from flow_support import check, gatehouse_iam
+from flow_support import Subscriber, check, gatehouse_iam
 
 HTTPS_PORT, MQTTS_PORT, DATA_DIR, WORK = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 BASE = f"https://127.0.0.1:{HTTPS_PORT}"
@@ -143,24 +142,15 @@ check("sensor-7" in certificate_field(path("renewed.pem"), "-subject"), "the ren
 check(mosquitto_pub(path("renewed.pem"), new_key).returncode == 0, "the renewed certificate connects")
 
 # Revocation ends a live session within a second; the next handshake fails; the CRL lists it.
-subscriber = subprocess.Popen(
-    ["stdbuf", "-oL", "mosquitto_sub", "-p", str(MQTTS_PORT), "--cafile", CA, "--cert", path("device.pem"), "--key",
-     key, "-t", "tenants/acme/devices/sensor-7/commands/+", "-V", "mqttv5", "-d", "-i", "sensor-7"],
-    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-lines = []
-threading.Thread(target=lambda: lines.extend(subscriber.stdout), daemon=True).start()
-deadline = time.time() + 5
-while not any("SUBACK" in line for line in lines) and time.time() < deadline:
-    time.sleep(0.05)
-check(any("SUBACK" in line for line in lines), "mosquitto_sub is connected with the certificate", lines)
+subscriber = Subscriber("-p", str(MQTTS_PORT), "--cafile", CA, "--cert", path("device.pem"), "--key", key, "-t",
+                        "tenants/acme/devices/sensor-7/commands/+", "-V", "mqttv5", "-i", "sensor-7")
+check(subscriber.wait_for("SUBACK"), "mosquitto_sub is connected with the certificate", subscriber.lines)
 serial = certificate_field(path("device.pem"), "-serial").strip().split("=")[1]
 started = time.time()
 status, body = curl("/revoke", "--cert", path("device.pem"), "--key", key, "-d", "")
 check(status == 200, "the device revokes its own certificate over mTLS", body)
-while not any("DISCONNECT (152)" in line for line in lines) and time.time() < started + 3:
-    time.sleep(0.05)
-check(any("DISCONNECT (152)" in line for line in lines) and time.time() - started < 1.0,
-      f"the live mosquitto_sub got DISCONNECT 0x98 after {time.time() - started:.2f} s", lines)
+check(subscriber.wait_for("DISCONNECT (152)", 3) and time.time() - started < 1.0,
+      f"the live mosquitto_sub got DISCONNECT 0x98 after {time.time() - started:.2f} s", subscriber.lines)
 subscriber.kill()
 again = mosquitto_pub(path("device.pem"), key)
 check(again.returncode != 0, "the next TLS handshake with the revoked certificate fails",

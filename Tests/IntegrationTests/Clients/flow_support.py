@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 
 GATEHOUSE = os.environ.get("GATEHOUSE_BINARY", "gatehouse")
@@ -31,3 +32,22 @@ def wait(condition, seconds):
     while not condition() and time.time() < deadline:
         time.sleep(0.02)
     return condition()
+
+
+class Subscriber:
+    """`mosquitto_sub -d ARGUMENTS` left running, its output lines collected as they come."""
+
+    def __init__(self, *arguments):
+        self.process = subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-d", *arguments],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def saw(self, text):
+        return any(text in line for line in self.lines)
+
+    def wait_for(self, text, seconds=5):
+        return wait(lambda: self.saw(text), seconds)
+
+    def kill(self):
+        self.process.kill()

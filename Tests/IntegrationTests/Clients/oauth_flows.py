@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
-from flow_support import check, gatehouse_iam
+from flow_support import Subscriber, check, gatehouse_iam
 
 SCENARIO, HTTP_PORT, MQTT_PORT, DATA_DIR = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
@@ -326,25 +325,17 @@ def refresh():
           retry)
     refused(token({"grant_type": "refresh_token", "refresh_token": "ghr_" + "x" * 43}), "invalid_grant", 400,
             "unknown refresh token")
-    subscriber = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-p", str(MQTT_PORT), "-V", "mqttv5", "-u", "device-r", "-P",
-         second["access_token"], "-t", "t", "-d"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
-    threading.Thread(target=lambda: output.extend(subscriber.stdout), daemon=True).start()
-    deadline = time.time() + 5
-    while not any("SUBACK" in line for line in output) and time.time() < deadline:
-        time.sleep(0.05)
-    check(any("SUBACK" in line for line in output), "mosquitto_sub subscribed with a family's access token", output)
+    subscriber = Subscriber("-p", str(MQTT_PORT), "-V", "mqttv5", "-u", "device-r", "-P", second["access_token"],
+                            "-t", "t")
+    check(subscriber.wait_for("SUBACK"), "mosquitto_sub subscribed with a family's access token", subscriber.lines)
     time.sleep(2.5)  # past the test broker's 1 s retry window (times are whole seconds)
     reused_at = time.time()
     refused(token({"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}), "invalid_grant", 400,
             "reuse after the retry window")
-    while not any("DISCONNECT (152)" in line for line in output) and time.time() < reused_at + 3:
-        time.sleep(0.05)
+    ended = subscriber.wait_for("DISCONNECT (152)", 3)
     elapsed = time.time() - reused_at
-    check(any("DISCONNECT (152)" in line for line in output) and elapsed < 1.5,
-          f"the live mosquitto_sub got DISCONNECT 0x98 within {elapsed:.2f} s", output)
+    check(ended and elapsed < 1.5, f"the live mosquitto_sub got DISCONNECT 0x98 within {elapsed:.2f} s",
+          subscriber.lines)
     subscriber.kill()
     refused(token({"grant_type": "refresh_token", "refresh_token": second["refresh_token"]}), "invalid_grant", 400,
             "the family's newest refresh token is revoked too")
@@ -352,20 +343,12 @@ def refresh():
 
     # RFC 7009: revoking a refresh token revokes the access tokens of its family and ends their sessions.
     third = token({"grant_type": BEARER, "assertion": assertion(key, "device-r")}).json()
-    live = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-p", str(MQTT_PORT), "-V", "mqttv5", "-u", "device-r", "-P",
-         third["access_token"], "-t", "t", "-d"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    live_lines = []
-    threading.Thread(target=lambda: live_lines.extend(live.stdout), daemon=True).start()
-    deadline = time.time() + 5
-    while not any("SUBACK" in line for line in live_lines) and time.time() < deadline:
-        time.sleep(0.05)
+    live = Subscriber("-p", str(MQTT_PORT), "-V", "mqttv5", "-u", "device-r", "-P", third["access_token"], "-t", "t")
+    check(live.wait_for("SUBACK"), "mosquitto_sub subscribed with the new family's access token", live.lines)
     revoked_at = time.time()
     requests.post(BASE + "/oauth/revoke", data={"token": third["refresh_token"]}, timeout=10)
-    while not any("DISCONNECT (152)" in line for line in live_lines) and time.time() < revoked_at + 3:
-        time.sleep(0.05)
-    check(any("DISCONNECT (152)" in line for line in live_lines) and time.time() - revoked_at < 1.0,
-          "POST /oauth/revoke of a refresh token ends its access tokens' live sessions within a second", live_lines)
+    check(live.wait_for("DISCONNECT (152)", 3) and time.time() - revoked_at < 1.0,
+          "POST /oauth/revoke of a refresh token ends its access tokens' live sessions within a second", live.lines)
     live.kill()
     check(not mqtt_publish("device-r", third["access_token"]), "revoking a refresh token revokes its access tokens")
 
