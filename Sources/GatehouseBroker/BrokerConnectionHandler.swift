@@ -139,6 +139,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Ended with a DISCONNECT and draining: what arrives now (the decoder refuses every byte
+        // after a violation) is dropped until the drain timer closes.
+        if case .closed = state { return }
         guard let violation = error as? MQTTProtocolViolation else {
             logger.debug("connection error", metadata: ["error": "\(error)"])
             close(sendingDisconnect: nil)
@@ -586,14 +589,34 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         }
     }
 
+    /// How long a connection ended with a DISCONNECT is still read (and discarded) before it closes.
+    static let disconnectDrainTime = TimeAmount.milliseconds(500)
+
     /// Closes the connection; a 5.0 client first gets DISCONNECT with `reason`.
+    ///
+    /// A client may still be writing (PUBRELs for the PUBRECs it got) when the broker ends its
+    /// connection: closing with its bytes unread would reset the connection, and the client would
+    /// see a broken pipe instead of the reason. So the session ends now, the write side is shut
+    /// after the DISCONNECT, and what still arrives is read and dropped until the client closes
+    /// or `disconnectDrainTime` passes.
     private func close(sendingDisconnect reason: MQTTReasonCode?) {
         guard let context else { return }
-        if let reason, case .connected(let connected) = state, connected.version == .v5 {
-            write(.disconnect(.init(reasonCode: reason)), version: .v5, context: context)
-            context.flush()
+        guard let reason, case .connected(let connected) = state, connected.version == .v5 else {
+            context.close(promise: nil)
+            return
         }
-        context.close(promise: nil)
+        write(.disconnect(.init(reasonCode: reason)), version: .v5, context: context)
+        context.flush()
+        connectionEnded()  // the state is now closed: later packets are dropped
+        let channel = context.channel
+        let halfClosed = eventLoop.makePromise(of: Void.self)
+        context.close(mode: .output, promise: halfClosed)
+        // A transport that cannot half-close closes at once.
+        halfClosed.futureResult.whenFailure { [logger] error in
+            logger.debug("half-close refused", metadata: ["error": "\(error)"])
+            channel.close(promise: nil)
+        }
+        eventLoop.scheduleTask(in: Self.disconnectDrainTime) { channel.close(promise: nil) }
     }
 
     /// The socket is gone: publish the Will unless a normal DISCONNECT discarded it, and let

@@ -51,7 +51,8 @@ final class MQTTWebSocketHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        if mode == .all { sendClose(context: context, code: .normalClosure) }
+        // Half-closing after a DISCONNECT starts the closing handshake too (RFC 6455 §7.1.2).
+        if mode != .input { sendClose(context: context, code: .normalClosure) }
         context.close(mode: mode, promise: promise)
     }
 

@@ -36,3 +36,18 @@ struct PahoShutdownTests {
         #expect(client.output.contains("ok"), "\(client.output)")
     }
 }
+
+@Suite("03 MQTT 5.0: the broker's DISCONNECT reaches a client that is still writing")
+struct DisconnectDrainTests {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("Clients/disconnect_drain.py").path
+
+    @Test("a protocol error is answered with DISCONNECT 0x94, and the client's writes after it do not fail")
+    func drainAfterDisconnect() async throws {
+        let broker = try BrokerProcess(arguments: ["--allow-anonymous"])
+        try await broker.waitUntilListening()
+        let result = try await runTool("python3", [Self.script, String(broker.port)], timeout: .seconds(20))
+        #expect(result.status == 0 && result.output.contains("ok"), "\(result.output)\nbroker log:\n\(broker.log)")
+        #expect(try await broker.stop() == 0)
+    }
+}
