@@ -16,6 +16,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var httpListeners = [HTTPListenerOptions(secure: false, host: "127.0.0.1", port: 8080)]
     public var http = HTTPSettings()
     public var oauth = OAuthSettings()
+    /// The `iss` of the tokens the token endpoint signs and its RFC 8414 issuer; nil takes
+    /// `http.public_url`, and without that `gatehouse`.
+    public var oauthIssuer: String?
+    public var issuerIdentifier: String? { oauthIssuer ?? http.publicURL }
     /// CA certificates (PEM) trusted for clients' `jwks_uri`; nil uses the system's roots.
     public var jwksCAFile: String?
     public var enrollment = Enrollment()
@@ -245,7 +249,7 @@ extension ServerConfiguration {
     ]
     private static let oauthKeys = [
         "access_token_lifetime", "refresh_token_lifetime", "max_assertion_lifetime", "refresh_retry_window",
-        "jwks_cache_seconds", "jwks_ca_file",
+        "jwks_cache_seconds", "jwks_ca_file", "issuer",
     ]
     private static let authenticationKeys = ["methods", "backoff_base_ms", "backoff_max_ms"]
     private static let limitKeys = [
@@ -338,6 +342,7 @@ extension ServerConfiguration {
                         configuration.oauth.refreshRetryWindow = Int64(try reader.int(oauthValue, name, in: 0...300))
                     case "jwks_cache_seconds":
                         configuration.oauth.jwksCacheSeconds = Int64(try reader.int(oauthValue, name, in: 0...86_400))
+                    case "issuer": configuration.oauthIssuer = try reader.string(oauthValue, name)
                     default: configuration.jwksCAFile = try reader.string(oauthValue, name)
                     }
                 }

@@ -90,18 +90,21 @@ struct EnrollmentRoutes: Sendable {
             (try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])?["serial"] as? String
             ?? { if case .success(let form) = OAuthForm.parse(text) { return form["serial"] } else { return nil } }()
         let presented: ClientCertificate?
+        let actor: String
         if let bearer = OAuthForm.bearer(request.headers[.authorization]) {
             guard let principal = await enrollment.store.principal(bearerToken: bearer),
                 principal.roles.contains("admin")
             else { return Problem(403, "only an admin token or the certificate itself may revoke").response }
             presented = nil
+            actor = "http:\(principal.username)"
         } else {
             guard let peer = await context.peerCertificate() else {
                 return Problem(401, "revocation needs an admin token or the certificate over mutual TLS").response
             }
             presented = peer
+            actor = "device:\(peer.commonName ?? peer.serialNumber)"
         }
-        switch await enrollment.revoke(serial: serial, presented: presented) {
+        switch await enrollment.revoke(serial: serial, presented: presented, actor: actor) {
         case .failure(let refusal): return Problem(refusal.status, refusal.reason).response
         case .success:
             logger.notice("certificate revoked", metadata: ["serial": "\(serial ?? presented?.serialNumber ?? "?")"])

@@ -79,7 +79,8 @@ struct OAuthRoutes: Sendable {
                 ])
             return JSONResponse.error(error, basicChallenge: client.usesBasic(request.headers[.authorization]))
         case .success(let issued):
-            logger.info(
+            // Every issued token is recorded in the store (`iam jwt list`); the log line is for debugging.
+            logger.debug(
                 "token issued",
                 metadata: [
                     "grant_type": "\(form["grant_type"] ?? "-")", "client_id": "\(issued.clientID)",
@@ -181,7 +182,7 @@ struct OAuthRoutes: Sendable {
     /// RFC 8414 metadata; the OpenID alias carries the fields that apply to it.
     private func metadata(_ request: Request, openID: Bool) -> [String: Any] {
         var fields: [String: Any] = [
-            "issuer": JWTIssuer.issuerName,
+            "issuer": oauth.store.issuerIdentifier,
             "token_endpoint": endpoint(request, "/oauth/token"),
             "jwks_uri": endpoint(request, "/.well-known/jwks.json"),
             "grant_types_supported": OAuthGrant.allCases.map(\.grantType),

@@ -215,8 +215,11 @@ public final class EnrollmentService: Sendable {
         return await issue(request, for: identity, consuming: nil)
     }
 
-    /// Revokes by serial; with `presented`, only that certificate itself (a device revoking its own).
-    public func revoke(serial: String?, presented: ClientCertificate?) async -> Result<Void, EnrollmentRefusal> {
+    /// Revokes by serial; with `presented`, only that certificate itself (a device revoking its
+    /// own). `actor` is who the audit log names.
+    public func revoke(serial: String?, presented: ClientCertificate?, actor: String) async -> Result<
+        Void, EnrollmentRefusal
+    > {
         let target: String
         if let presented {
             guard serial == nil || serial?.lowercased() == presented.serialNumber else {
@@ -230,7 +233,7 @@ public final class EnrollmentService: Sendable {
         }
         do {
             let identityID = try await store.offloaded { [store] in
-                try store.revokeEnrolledCertificate(serial: target, actor: presented == nil ? "http:admin" : "device")
+                try store.revokeEnrolledCertificate(serial: target, actor: actor)
             }
             await sessions?.endInvalidSessions(identityID: identityID)
             return .success(())

@@ -14,6 +14,20 @@ public final class IdentityStore: Sendable {
     /// Serials of revoked enrolled certificates, as of the latest snapshot: the TLS listeners
     /// ask it on every handshake, even while the snapshot is being replaced.
     let revokedCertificateSerials = NIOLockedValueBox<Set<String>>([])
+    /// The `iss` of the JWTs this process signs, when configured (an https URL, as RFC 8414
+    /// wants); `gatehouse` otherwise. Tokens with either are Gatehouse's own.
+    private let configuredIssuer = NIOLockedValueBox<String?>(nil)
+
+    /// Sets the issuer identifier the token endpoint signs with and publishes.
+    public func setIssuerIdentifier(_ issuer: String?) { configuredIssuer.withLockedValue { $0 = issuer } }
+
+    public var issuerIdentifier: String { configuredIssuer.withLockedValue { $0 } ?? JWTIssuer.issuerName }
+
+    /// Whether a JWT's `iss` names Gatehouse itself.
+    func isLocalIssuer(_ issuer: String) -> Bool {
+        issuer == JWTIssuer.issuerName || issuer == configuredIssuer.withLockedValue({ $0 })
+    }
+
     /// The signing key the token endpoint last read, and when.
     let currentSigningKey = NIOLockedValueBox<(kid: String, pem: String, read: ContinuousClock.Instant)?>(nil)
 

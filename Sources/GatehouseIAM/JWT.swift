@@ -122,7 +122,7 @@ public struct JWTIssuer: Sendable {
         let keys = try await Self.signingKeys(kid: kid, pem: pem)
         let issuedAt = now()
         let claims = IssuedClaims(
-            iss: Self.issuerName, aud: Self.audience, sub: identity.name, tenant: identity.tenant,
+            iss: store.issuerIdentifier, aud: Self.audience, sub: identity.name, tenant: identity.tenant,
             roles: granted.sorted(),
             iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"), clientID: nil, scope: nil)
         let token = try await keys.sign(claims, kid: JWKIdentifier(string: kid))
@@ -147,7 +147,7 @@ public struct JWTIssuer: Sendable {
         let keys = try await Self.signingKeys(kid: kid, pem: pem)
         let issuedAt = now()
         let claims = IssuedClaims(
-            iss: Self.issuerName, aud: Self.audience, sub: identity.name, tenant: identity.tenant,
+            iss: store.issuerIdentifier, aud: Self.audience, sub: identity.name, tenant: identity.tenant,
             roles: roles.sorted(), iat: issuedAt, nbf: issuedAt, exp: issuedAt + lifetime, jti: randomID("jwt"),
             clientID: clientID, scope: roles.sorted().joined(separator: " "))
         let token = try await keys.sign(claims, kid: JWKIdentifier(string: kid))

@@ -97,7 +97,7 @@ public final class JWTAuthenticator: Authenticator {
             return .decided(.failure(IAMError("unreadable")))
         }
         let trusted = snapshot.issuers[issuerName]
-        guard issuerName == JWTIssuer.issuerName || trusted != nil else {
+        guard store.isLocalIssuer(issuerName) || trusted != nil else {
             return .decided(.failure(IAMError("untrusted issuer '\(issuerName)'")))
         }
         guard

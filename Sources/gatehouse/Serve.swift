@@ -136,6 +136,7 @@ struct Serve: AsyncParsableCommand {
         do { store = try openIdentityStore(settings, logger: logger) } catch {
             throw ValidationError("\(error)")
         }
+        store.setIssuerIdentifier(settings.issuerIdentifier)
         if settings.allowAnonymous {
             logger.warning("ANONYMOUS ACCESS IS ON: clients without credentials may connect (role 'anonymous')")
         }

@@ -124,6 +124,9 @@ struct ServerConfigurationTests {
         #expect(configuration.http.serviceUserTokenLifetime == 120)
         #expect(configuration.oauth.accessTokenLifetime == 60 && configuration.oauth.refreshRetryWindow == 2)
         #expect(configuration.jwksCAFile == "/etc/g/ca.pem")
+        // Without oauth.issuer the public URL is the issuer identifier (RFC 8414).
+        #expect(configuration.issuerIdentifier == "https://auth.example.com")
+        #expect(ServerConfiguration().issuerIdentifier == nil)
         #expect(configuration.enrollment.validityDays == 7)
         #expect(configuration.enrollmentAuthorityFiles == ("/etc/g/enroll.pem", "/etc/g/enroll.key", false))
         #expect(ServerConfiguration().httpListeners.map { "\($0.host):\($0.port)" } == ["127.0.0.1:8080"])

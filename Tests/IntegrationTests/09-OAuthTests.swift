@@ -57,7 +57,8 @@ struct OAuthTests {
     func keyRotation() async throws {
         let pki = try TestPKI()
         let server = try pki.issue("jwks-server", usage: .server)
-        let (broker, directory) = try startBroker(extraOAuth: "  jwks_ca_file: \(pki.caFile)")
+        let (broker, directory) = try startBroker(
+            extraOAuth: "  jwks_ca_file: \(pki.caFile)\n  issuer: https://auth.test")
         defer { try? FileManager.default.removeItem(at: directory) }
         try await broker.waitUntilListening()
         try await run("rotation", broker, extra: [server.certificate, server.key])

@@ -410,7 +410,7 @@ public final class OAuthServer: Sendable {
 
     /// The claims of a JWT this server signed, if its signature verifies with a published key.
     private func verifiedAccessToken(_ token: String) async -> JWTClaims? {
-        guard let parsed = CompactJWT(Array(token.utf8)), parsed.claims.string("iss") == JWTIssuer.issuerName,
+        guard let parsed = CompactJWT(Array(token.utf8)), store.isLocalIssuer(parsed.claims.string("iss") ?? ""),
             let published = try? await store.offloaded({ [store] in try JWTIssuer.publishedKeys(in: store) })
         else { return nil }
         guard

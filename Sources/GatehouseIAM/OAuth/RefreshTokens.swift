@@ -147,7 +147,7 @@ extension IdentityStore {
             result.tenant = row["tenant"]
             result.exp = row["expires_at"]
             result.iat = row["issued_at"]
-            result.iss = JWTIssuer.issuerName
+            result.iss = issuerIdentifier
             result.tokenType = "refresh_token"
             return result
         }

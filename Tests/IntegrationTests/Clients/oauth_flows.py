@@ -129,6 +129,7 @@ def grants_and_refusals():
     decoded = jwt.decode(body["access_token"], published)
     check(decoded.claims["sub"] == "svc-secret" and decoded.claims["client_id"] == "svc-secret",
           "joserfc verifies an issued token from the served JWKS")
+    check(decoded.claims["iss"] == metadata["issuer"], "the token's iss is the metadata's issuer")
 
     # private_key_jwt client credentials.
     setup_identity("svc-keyed")
@@ -295,6 +296,10 @@ def rotation(certificate, key_file):
     iam("client", "create", "rotating", "--grant", "jwt-bearer", "--jwks-uri", uri)
     response = token({"grant_type": BEARER, "assertion": assertion(first, "rotating")})
     check(response.status_code == 200, "jwt-bearer with a key from the client's jwks_uri", response.text)
+    metadata = requests.get(BASE + "/.well-known/oauth-authorization-server", timeout=10).json()
+    claims = json.loads(base64.urlsafe_b64decode(response.json()["access_token"].split(".")[1] + "=="))
+    check(metadata["issuer"] == "https://auth.test" and claims["iss"] == "https://auth.test",
+          "a configured issuer URL is the tokens' iss and the metadata's issuer", metadata)
     check(mqtt_publish("rotating", response.json()["access_token"]), "its token publishes over MQTT")
     KeyServer.document = jwks(first, second)
     time.sleep(1.1)  # unknown kids are fetched again at most once a second
