@@ -17,31 +17,6 @@ struct AdminRoutes: Sendable {
     let settings: HTTPSettings
     let logger: Logger
 
-    /// Every route in the OpenAPI document's form: method and path.
-    static let paths: [(method: String, path: String)] = [
-        ("get", "/application/currentApplication/subscriptions"),
-        ("get", "/applications"),
-        ("post", "/applications"),
-        ("get", "/applications/{name}"),
-        ("patch", "/applications/{name}"),
-        ("post", "/applications/{name}/bootstrap-secret"),
-        ("get", "/applications/{name}/subscriptions"),
-        ("post", "/applications/{name}/subscriptions"),
-        ("delete", "/applications/{name}/subscriptions/{tenant}"),
-        ("get", "/scim/v2/Users"),
-        ("post", "/scim/v2/Users"),
-        ("get", "/scim/v2/Users/{id}"),
-        ("patch", "/scim/v2/Users/{id}"),
-        ("delete", "/scim/v2/Users/{id}"),
-        ("get", "/scim/v2/Groups"),
-        ("post", "/scim/v2/Groups"),
-        ("get", "/tokens"),
-        ("post", "/tokens"),
-        ("delete", "/tokens/{id}"),
-        ("get", "/enroll-tokens"),
-        ("post", "/enroll-tokens"),
-    ]
-
     /// A route handler given the admin's audit name and the request body's JSON object.
     typealias Handler = @Sendable (Request, GatehouseRequestContext, AdminCall) async -> Response
 
@@ -50,36 +25,58 @@ struct AdminRoutes: Sendable {
         var body: JSONBody
     }
 
+    /// The admin routes, in the OpenAPI document's form, each with its handler: one table, so
+    /// that a documented route cannot lack one.
+    private static let adminRoutes: [(method: String, path: String, handler: @Sendable (AdminRoutes) -> Handler)] = [
+        ("get", "/applications", { routes in { _, _, _ in routes.listApplications() } }),
+        ("post", "/applications", { routes in { _, _, call in routes.createApplication(call) } }),
+        ("get", "/applications/{name}", { routes in { _, context, _ in routes.showApplication(context) } }),
+        (
+            "patch", "/applications/{name}",
+            { routes in { _, context, call in routes.changeApplication(context, call) } }
+        ),
+        (
+            "post", "/applications/{name}/bootstrap-secret",
+            { routes in { _, context, call in routes.rotateBootstrap(context, call) } }
+        ),
+        (
+            "get", "/applications/{name}/subscriptions",
+            { routes in { _, context, _ in routes.listSubscriptions(context) } }
+        ),
+        (
+            "post", "/applications/{name}/subscriptions",
+            { routes in { _, context, call in routes.subscribe(context, call) } }
+        ),
+        (
+            "delete", "/applications/{name}/subscriptions/{tenant}",
+            { routes in { _, context, call in await routes.unsubscribe(context, call) } }
+        ),
+        ("get", "/scim/v2/Users", { routes in { request, _, _ in SCIM.listUsers(routes.store, request) } }),
+        ("post", "/scim/v2/Users", { routes in { _, _, call in SCIM.createUser(routes.store, call) } }),
+        ("get", "/scim/v2/Users/{id}", { routes in { _, context, _ in SCIM.showUser(routes.store, context) } }),
+        (
+            "patch", "/scim/v2/Users/{id}",
+            { routes in { _, context, call in SCIM.patchUser(routes.store, context, call) } }
+        ),
+        ("delete", "/scim/v2/Users/{id}", { routes in { _, context, call in await routes.deleteUser(context, call) } }),
+        ("get", "/scim/v2/Groups", { routes in { request, _, _ in SCIM.listGroups(routes.store, request) } }),
+        ("post", "/scim/v2/Groups", { routes in { _, _, call in SCIM.createGroup(routes.store, call) } }),
+        ("get", "/tokens", { routes in { request, _, _ in routes.listTokens(request) } }),
+        ("post", "/tokens", { routes in { _, _, call in routes.createToken(call) } }),
+        ("delete", "/tokens/{id}", { routes in { _, context, call in routes.revokeToken(context, call) } }),
+        ("get", "/enroll-tokens", { routes in { request, _, _ in routes.listEnrollmentTokens(request) } }),
+        ("post", "/enroll-tokens", { routes in { _, _, call in routes.createEnrollmentToken(call) } }),
+    ]
+
+    static let bootstrapRoute = (method: "get", path: "/application/currentApplication/subscriptions")
+
+    /// Every route in the OpenAPI document's form: method and path.
+    static let paths = [bootstrapRoute] + adminRoutes.map { (method: $0.method, path: $0.path) }
+
     func add(to router: Router<GatehouseRequestContext>) {
-        router.get("/application/currentApplication/subscriptions") { request, _ in
-            await currentSubscriptions(request)
-        }
-        let handlers: [String: Handler] = [
-            "get /applications": { _, _, _ in listApplications() },
-            "post /applications": { _, _, call in createApplication(call) },
-            "get /applications/{name}": { _, context, _ in showApplication(context) },
-            "patch /applications/{name}": { _, context, call in changeApplication(context, call) },
-            "post /applications/{name}/bootstrap-secret": { _, context, call in rotateBootstrap(context, call) },
-            "get /applications/{name}/subscriptions": { _, context, _ in listSubscriptions(context) },
-            "post /applications/{name}/subscriptions": { _, context, call in subscribe(context, call) },
-            "delete /applications/{name}/subscriptions/{tenant}": { _, context, call in
-                await unsubscribe(context, call)
-            },
-            "get /scim/v2/Users": { request, _, _ in SCIM.listUsers(store, request) },
-            "post /scim/v2/Users": { _, _, call in SCIM.createUser(store, call) },
-            "get /scim/v2/Users/{id}": { _, context, _ in SCIM.showUser(store, context) },
-            "patch /scim/v2/Users/{id}": { _, context, call in SCIM.patchUser(store, context, call) },
-            "delete /scim/v2/Users/{id}": { _, context, call in await deleteUser(context, call) },
-            "get /scim/v2/Groups": { request, _, _ in SCIM.listGroups(store, request) },
-            "post /scim/v2/Groups": { _, _, call in SCIM.createGroup(store, call) },
-            "get /tokens": { request, _, _ in listTokens(request) },
-            "post /tokens": { _, _, call in createToken(call) },
-            "delete /tokens/{id}": { _, context, call in revokeToken(context, call) },
-            "get /enroll-tokens": { request, _, _ in listEnrollmentTokens(request) },
-            "post /enroll-tokens": { _, _, call in createEnrollmentToken(call) },
-        ]
-        for route in Self.paths where route.path != "/application/currentApplication/subscriptions" {
-            guard let handler = handlers["\(route.method) \(route.path)"] else { continue }
+        router.get(RouterPath(Self.bootstrapRoute.path)) { request, _ in await currentSubscriptions(request) }
+        for route in Self.adminRoutes {
+            let handler = route.handler(self)
             // Hummingbird writes a parameter as `:name`; OpenAPI as `{name}`.
             let path = RouterPath(
                 route.path.replacingOccurrences(of: "{", with: ":").replacingOccurrences(of: "}", with: ""))
