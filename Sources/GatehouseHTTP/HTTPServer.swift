@@ -49,11 +49,13 @@ public struct HTTPServer: Service {
     /// Shut down when the server stops.
     let jwksClient: JWKSClient?
     let enrollment: EnrollmentService?
+    let readiness: [ReadinessCheck]
 
     public init(
-        listeners: [HTTPListener], oauth: OAuthServer, enrollment: EnrollmentService?, settings: HTTPSettings,
-        group: any EventLoopGroup, jwksClient: JWKSClient?, logger: Logger
+        listeners: [HTTPListener], oauth: OAuthServer, enrollment: EnrollmentService?, readiness: [ReadinessCheck],
+        settings: HTTPSettings, group: any EventLoopGroup, jwksClient: JWKSClient?, logger: Logger
     ) {
+        self.readiness = readiness
         self.jwksClient = jwksClient
         self.enrollment = enrollment
         self.listeners = listeners
@@ -64,7 +66,13 @@ public struct HTTPServer: Service {
     }
 
     /// The routes of every listener, for the OpenAPI check.
-    public static let documentedRoutes = OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths
+    public static let documentedRoutes =
+        OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths + HealthRoutes.paths
+
+    /// What `GET /readyz` would answer now (for tests of the answer's shape).
+    public static func readiness(_ checks: [ReadinessCheck]) async -> (ready: Bool, body: [String: Any]) {
+        await HealthRoutes.readiness(checks)
+    }
 
     public func run() async throws {
         let limiter = TokenRateLimiter(
@@ -76,6 +84,7 @@ public struct HTTPServer: Service {
                 .add(to: router)
             AdminRoutes(store: oauth.store, sessions: oauth.sessions, settings: settings, logger: logger).add(
                 to: router)
+            HealthRoutes(checks: readiness).add(to: router)
             if let enrollment {
                 EnrollmentRoutes(enrollment: enrollment, settings: settings, logger: logger).add(to: router)
             }

@@ -43,6 +43,9 @@ public final class MQTTServer: Service {
     private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let group: any EventLoopGroup
     private let logger: Logger
+    /// True while every listener is bound and accepting: what readiness reports.
+    private let listening = NIOLockedValueBox(false)
+    public var isListening: Bool { listening.withLockedValue { $0 } }
     /// One per TLS listener, in listener order, so that SIGHUP can swap their contexts.
     private let tlsContexts: [TLSContextHolder?]
 
@@ -113,15 +116,18 @@ public final class MQTTServer: Service {
             for channel in channels { try? await channel.close() }
             throw error
         }
-        let listening = channels
+        let bound = channels
         let broker = self.broker
+        listening.withLockedValue { $0 = true }
         try await withGracefulShutdownHandler {
-            for channel in listening { try await channel.closeFuture.get() }
-        } onGracefulShutdown: {
+            for channel in bound { try await channel.closeFuture.get() }
+        } onGracefulShutdown: { [listening] in
             // Stop accepting first, then tell every client why it is being disconnected.
-            for channel in listening { channel.close(promise: nil) }
+            listening.withLockedValue { $0 = false }
+            for channel in bound { channel.close(promise: nil) }
             broker.disconnectAll(reason: .serverShuttingDown)
         }
+        listening.withLockedValue { $0 = false }
         logger.info("listeners closed")
         await waitForConnectionsToClose(timeout: .seconds(3))
     }

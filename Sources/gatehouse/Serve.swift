@@ -201,6 +201,12 @@ struct Serve: AsyncParsableCommand {
             services.append(
                 try makeHTTPServer(
                     settings, listeners: httpListeners, store: store, enrollment: enrollment,
+                    readiness: [
+                        ReadinessCheck(name: "mqtt_listeners") { server.isListening },
+                        ReadinessCheck(name: "identity_store") {
+                            (try? await store.offloaded { [store] in try store.latestChange() }) != nil
+                        },
+                    ],
                     sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
         }
         let group = ServiceGroup(
@@ -215,7 +221,7 @@ struct Serve: AsyncParsableCommand {
 /// The HTTP side: the OAuth2 server over the identity store, on the broker's event loops.
 private func makeHTTPServer(
     _ settings: ServerConfiguration, listeners: [(host: String, port: Int, tls: TLSSettings?)], store: IdentityStore,
-    enrollment: EnrollmentService?, sessions: any SessionControl, logger: Logger
+    enrollment: EnrollmentService?, readiness: [ReadinessCheck], sessions: any SessionControl, logger: Logger
 ) throws -> HTTPServer {
     let enrollmentCA = enrollment == nil ? nil : settings.enrollmentAuthorityFiles.certificate
     let group = MultiThreadedEventLoopGroup.singleton
@@ -237,7 +243,8 @@ private func makeHTTPServer(
     let jwksClient = JWKSClient(trustRoots: trustRoots, group: group)
     let oauth = OAuthServer(store: store, settings: settings.oauth, fetcher: jwksClient, sessions: sessions)
     return HTTPServer(
-        listeners: http, oauth: oauth, enrollment: enrollment, settings: settings.http, group: group,
+        listeners: http, oauth: oauth, enrollment: enrollment, readiness: readiness, settings: settings.http,
+        group: group,
         jwksClient: jwksClient, logger: logger)
 }
 

@@ -47,6 +47,22 @@ struct OpenAPITests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test("GET /healthz answers; GET /readyz is 200 with every check ok, and a 503 naming a failing check")
+    func health() async throws {
+        let (broker, port) = try await startBroker()
+        let alive = try await runTool("curl", ["-s", "-w", " %{http_code}", "http://127.0.0.1:\(port)/healthz"])
+        #expect(alive.output == #"{"status":"ok"} 200"#, "\(alive.output)")
+        let ready = try await runTool("curl", ["-s", "-w", " %{http_code}", "http://127.0.0.1:\(port)/readyz"])
+        #expect(
+            ready.output == #"{"checks":{"identity_store":"ok","mqtt_listeners":"ok"},"status":"ready"} 200"#,
+            "\(ready.output)")
+        let (isReady, body) = await HTTPServer.readiness([
+            ReadinessCheck(name: "mqtt_listeners") { false }, ReadinessCheck(name: "identity_store") { true },
+        ])
+        #expect(!isReady && body["failing"] as? [String] == ["mqtt_listeners"])
+        #expect(try await broker.stop() == 0)
+    }
+
     @Test("schemathesis, as an admin: a bounded number of generated requests to every operation, none a 5xx")
     func schemathesisFindsNoServerError() async throws {
         let (broker, port) = try await startBroker()
