@@ -11,7 +11,7 @@ struct OAuthTests {
         .appendingPathComponent("Clients/oauth_flows.py").path
 
     /// A broker with an HTTP listener, short caches and windows so that the test need not wait.
-    private func startBroker(extraOAuth: String = "") throws -> (BrokerProcess, URL) {
+    private func startBroker(extraOAuth: String = "", addressRate: Int = 1_000) throws -> (BrokerProcess, URL) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("oauth-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let acl = directory.appendingPathComponent("test.acl")
@@ -24,7 +24,7 @@ struct OAuthTests {
           - http://127.0.0.1:0
         acl: \(acl.path)
         http:
-          token_rate_per_address: 1000
+          token_rate_per_address: \(addressRate)
         oauth:
           refresh_retry_window: 1
           jwks_cache_seconds: 2
@@ -71,6 +71,16 @@ struct OAuthTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         try await broker.waitUntilListening()
         try await run("refresh", broker)
+        #expect(try await broker.stop() == 0)
+    }
+
+    @Test("one address sending too many token requests gets 429 whatever client ids it names")
+    func addressRateLimit() async throws {
+        let (broker, directory) = try startBroker(addressRate: 5)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await broker.waitUntilListening()
+        try await run("address-limit", broker)
+        #expect(broker.log.contains("token request refused: rate limit"))
         #expect(try await broker.stop() == 0)
     }
 

@@ -358,10 +358,22 @@ def refresh():
     check(not mqtt_publish("device-r", third["access_token"]), "revoking a refresh token revokes its access tokens")
 
 
+def address_limit():
+    """5 requests a second from one address (bursts of 10), each naming another client id."""
+    statuses = [token({"grant_type": "client_credentials"}, auth=(f"client-{index}", "x")).status_code
+                for index in range(30)]
+    check(statuses.count(429) >= 10 and statuses[0] == 401, "one address past its limit gets 429", statuses)
+    time.sleep(1.2)
+    check(token({"grant_type": "client_credentials"}, auth=("client-x", "x")).status_code == 401,
+          "after a second the address is served again")
+
+
 if SCENARIO == "grants":
     grants_and_refusals()
 elif SCENARIO == "rotation":
     rotation(sys.argv[5], sys.argv[6])
 elif SCENARIO == "refresh":
     refresh()
+elif SCENARIO == "address-limit":
+    address_limit()
 print("done", flush=True)
