@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import GRDB
 
@@ -33,13 +32,6 @@ public struct ServiceUserCredentials: Sendable, Equatable {
     public var password: String
 }
 
-/// Bootstrap secrets: `ghb_` and 256 random bits, stored as SHA-256. They are kept apart from
-/// the credential table, so no MQTT authenticator can ever accept one.
-enum BootstrapSecret {
-    static func generate() -> String { "ghb_" + APIToken.generate().dropFirst(APIToken.prefix.count) }
-    static func digest(_ secret: String) -> Data { Data(SHA256.hash(data: Array(secret.utf8))) }
-}
-
 extension IdentityStore {
     static func bootstrapUserName(_ application: String) -> String { "servicebootstrap_\(application)" }
     static func serviceUserName(_ application: String, tenant: String) -> String { "service_\(application)@\(tenant)" }
@@ -50,7 +42,7 @@ extension IdentityStore {
     ) {
         try Self.checkName(name, "application")
         for role in requiredRoles { try Self.checkName(role, "role") }
-        let secret = BootstrapSecret.generate()
+        let secret = APIToken.generate(prefix: SecretPrefix.bootstrapSecret)
         try write(conflict: "application '\(name)' already exists") { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tenant WHERE name = ?", arguments: [tenant]) != nil else {
                 throw IAMError("no tenant named '\(tenant)'", kind: .notFound)
@@ -67,7 +59,7 @@ extension IdentityStore {
                     """,
                 arguments: [
                     name, tenant, Set(requiredRoles).sorted().joined(separator: ","), bootstrapID,
-                    BootstrapSecret.digest(secret), now(),
+                    APIToken.storedDigest(secret), now(),
                 ])
             try Self.audit(
                 db, actor: actor, action: "application.create", subject: name,
@@ -121,11 +113,11 @@ extension IdentityStore {
 
     /// A new bootstrap secret; the old one stops working at once.
     public func rotateBootstrapSecret(_ name: String, actor: String) throws -> String {
-        let secret = BootstrapSecret.generate()
+        let secret = APIToken.generate(prefix: SecretPrefix.bootstrapSecret)
         try write { db in
             try db.execute(
                 sql: "UPDATE application SET bootstrap_secret_hash = ? WHERE name = ?",
-                arguments: [BootstrapSecret.digest(secret), name])
+                arguments: [APIToken.storedDigest(secret), name])
             guard db.changesCount == 1 else { throw IAMError("no application named '\(name)'", kind: .notFound) }
             try Self.audit(db, actor: actor, action: "application.rotate-bootstrap", subject: name)
         }
@@ -245,7 +237,7 @@ extension IdentityStore {
 
     /// The application whose bootstrap credentials these are; nil for anything else.
     public func application(bootstrapUser user: String, secret: String) async throws -> Application? {
-        let digest = BootstrapSecret.digest(secret)
+        let digest = APIToken.storedDigest(secret)
         return try await offloaded { [self] in
             try read { db in
                 guard

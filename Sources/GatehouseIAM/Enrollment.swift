@@ -41,12 +41,6 @@ public struct EnrollmentRefusal: Error, Sendable, Equatable, CustomStringConvert
     public var description: String { reason }
 }
 
-/// One-time tokens: `ghe_` and 256 random bits, stored as SHA-256.
-enum EnrollmentTokenFormat {
-    static func generate() -> String { "ghe_" + APIToken.generate().dropFirst(APIToken.prefix.count) }
-    static func digest(_ token: String) -> Data { Data(SHA256.hash(data: Array(token.utf8))) }
-}
-
 extension IdentityStore {
     /// Issues a one-time enrollment token for a device identity, optionally pinned to the
     /// SHA-256 of the public key (SubjectPublicKeyInfo) the CSR must carry. Returned once.
@@ -58,7 +52,7 @@ extension IdentityStore {
                 throw IAMError("--public-key-sha256 must be 64 hex digits (sha256 of the DER public key)")
             }
         }
-        let secret = EnrollmentTokenFormat.generate()
+        let secret = APIToken.generate(prefix: SecretPrefix.enrollmentToken)
         let id = randomID("enr")
         try write { db in
             let identity = try Self.identity(db, named: name)
@@ -68,7 +62,7 @@ extension IdentityStore {
                     VALUES (?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    id, EnrollmentTokenFormat.digest(secret), identity.id, publicKeySHA256?.lowercased(),
+                    id, APIToken.storedDigest(secret), identity.id, publicKeySHA256?.lowercased(),
                     now() + lifetime, now(),
                 ])
             try Self.audit(
@@ -180,7 +174,7 @@ public final class EnrollmentService: Sendable {
     /// Exchanges a one-time token and a CSR for a certificate. The token is used up only by a
     /// successful enrollment.
     public func enroll(token: String, request body: [UInt8]) async -> Result<Certificate, EnrollmentRefusal> {
-        let digest = EnrollmentTokenFormat.digest(token)
+        let digest = APIToken.storedDigest(token)
         let found: (tokenID: String, identity: Identity, pin: String?)?
         do {
             found = try await store.offloaded { [store] in try store.usableEnrollmentToken(digest) }

@@ -48,18 +48,32 @@ public struct PasswordHasher: Sendable {
     }
 }
 
-/// Opaque API tokens: `gth_` and 256 random bits in base64url. Only SHA-256 of the token is
-/// stored: a leaked database reveals no usable token, and verifying needs no slow hash.
-enum APIToken {
-    static let prefix = "gth_"
+/// The prefixes of the secrets Gatehouse hands out, so that each is recognisable in a config
+/// file or a log scrubber.
+enum SecretPrefix {
+    static let apiToken = "gth_"
+    /// Hashed with scrypt like a password, not by SHA-256.
+    static let clientSecret = "ghs_"
+    static let refreshToken = "ghr_"
+    static let bootstrapSecret = "ghb_"
+    static let enrollmentToken = "ghe_"
+}
 
-    static func generate() -> String {
+/// Opaque secrets: a prefix and 256 random bits in base64url. Only SHA-256 of one is stored:
+/// a leaked database reveals no usable secret, and verifying needs no slow hash.
+enum APIToken {
+    static let prefix = SecretPrefix.apiToken
+
+    static func generate(prefix: String = prefix) -> String {
         prefix + base64URL(SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) })
     }
 
     static func digest(_ token: some Sequence<UInt8>) -> [UInt8] {
         Array(SHA256.hash(data: Array(token)))
     }
+
+    /// The digest as the store's columns hold it.
+    static func storedDigest(_ secret: String) -> Data { Data(digest(secret.utf8)) }
 
     /// Whether a password looks like one of ours: saves a database read for everything else.
     static func looksLikeToken(_ password: [UInt8]) -> Bool {

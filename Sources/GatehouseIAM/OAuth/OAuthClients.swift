@@ -99,7 +99,7 @@ extension IdentityStore {
             throw IAMError("the jwt-bearer grant needs the client's public keys (--jwks or --jwks-uri)")
         }
         for scope in scopes ?? [] { try Self.checkName(scope, "scope") }
-        let generated = secret ? ClientSecret.generate() : nil
+        let generated = secret ? APIToken.generate(prefix: SecretPrefix.clientSecret) : nil
         let hashed = try generated.map { try hasher.hash($0) }
         try write(conflict: "'\(name)' is already an OAuth2 client") { db in
             let identity = try Self.identity(db, named: name)
@@ -167,7 +167,7 @@ extension IdentityStore {
     public func rotateClientSecret(
         _ name: String, hasher: PasswordHasher = PasswordHasher(), actor: String
     ) throws -> String {
-        let secret = ClientSecret.generate()
+        let secret = APIToken.generate(prefix: SecretPrefix.clientSecret)
         let hashed = try hasher.hash(secret)
         try write { db in
             let identity = try Self.identity(db, named: name)
@@ -284,11 +284,6 @@ extension IdentityStore {
             sql: "UPDATE refresh_token SET revoked_at = ? WHERE revoked_at IS NULL AND \(condition)",
             arguments: [moment, value])
     }
-}
-
-/// Client secrets: `ghs_` and 256 random bits, hashed with scrypt like passwords.
-enum ClientSecret {
-    static func generate() -> String { "ghs_" + APIToken.generate().dropFirst(APIToken.prefix.count) }
 }
 
 /// A JWKS document as JSON objects, so that keys can be listed, added and removed by `kid`

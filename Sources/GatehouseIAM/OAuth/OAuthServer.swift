@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import GRDB
 public import GatehouseAuth
@@ -221,7 +220,7 @@ public final class OAuthServer: Sendable {
     private func refresh(
         _ presented: String, scope: String?, authenticated: (client: OAuthClient, assertions: [PendingAssertion])?
     ) async throws -> TokenResponse {
-        let digest = Data(SHA256.hash(data: Array(presented.utf8)))
+        let digest = APIToken.storedDigest(presented)
         let window = settings.refreshRetryWindow
         let use = try await store.offloaded { [store] in try store.useRefreshToken(digest, retryWindow: window) }
         let record: RefreshRecord
@@ -361,8 +360,8 @@ public final class OAuthServer: Sendable {
     /// RFC 7009: revokes a refresh token (with every access token of its family) or an access
     /// token; unknown tokens are not an error. With `client`, only that client's tokens.
     public func revoke(_ token: String, client: String?) async throws {
-        if token.hasPrefix(RefreshTokenFormat.prefix) {
-            let digest = Data(SHA256.hash(data: Array(token.utf8)))
+        if token.hasPrefix(SecretPrefix.refreshToken) {
+            let digest = APIToken.storedDigest(token)
             let identityID = try await store.offloaded { [store] in
                 try store.revokeRefreshFamily(digest, client: client)
             }
@@ -380,8 +379,8 @@ public final class OAuthServer: Sendable {
     /// RFC 7662. `requester` nil is an admin, who sees every token; a client sees only its own.
     public func introspect(_ token: String, requester: String?) async -> Introspection {
         let result: Introspection
-        if token.hasPrefix(RefreshTokenFormat.prefix) {
-            let digest = Data(SHA256.hash(data: Array(token.utf8)))
+        if token.hasPrefix(SecretPrefix.refreshToken) {
+            let digest = APIToken.storedDigest(token)
             result = (try? await store.offloaded { [store] in try store.introspectRefreshToken(digest) }) ?? .inactive
         } else if let claims = await verifiedAccessToken(token), let expiry = claims.number("exp"),
             Int64(expiry) > now(), let tokenID = claims.string("jti"),

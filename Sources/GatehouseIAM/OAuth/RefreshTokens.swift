@@ -1,16 +1,10 @@
-import Crypto
 import Foundation
 import GRDB
 public import GatehouseAuth
 import NIOConcurrencyHelpers
 
-/// Refresh tokens: `ghr_` and 256 random bits, stored as SHA-256. Every token descends from
-/// the one a JWT-bearer grant issued; they form a family, revoked together.
-enum RefreshTokenFormat {
-    static let prefix = "ghr_"
-
-    static func generate() -> String { prefix + APIToken.generate().dropFirst(APIToken.prefix.count) }
-}
+// Refresh tokens (`ghr_`, stored as SHA-256) descend from the one a JWT-bearer grant issued;
+// they form a family, revoked together.
 
 /// A stored refresh token, without its secret.
 struct RefreshRecord: Sendable {
@@ -50,7 +44,7 @@ extension IdentityStore {
             }
             try access.record(db)
             guard let refresh, let family = access.family else { return nil }
-            let token = RefreshTokenFormat.generate()
+            let token = APIToken.generate(prefix: SecretPrefix.refreshToken)
             let insert = try db.cachedStatement(
                 sql: """
                     INSERT INTO refresh_token (id, token_hash, family, identity_id, client_id, scope, issued_at,
@@ -58,7 +52,7 @@ extension IdentityStore {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                     """)
             try insert.execute(arguments: [
-                randomID("rt"), Data(SHA256.hash(data: Array(token.utf8))), family, access.identityID, access.clientID,
+                randomID("rt"), APIToken.storedDigest(token), family, access.identityID, access.clientID,
                 refresh.scope.joined(separator: " "), now(), now() + refresh.lifetime,
             ])
             return token
@@ -233,12 +227,15 @@ extension IdentityStore {
     /// The principal of an opaque API token presented as an HTTP bearer credential (the admin
     /// API, introspection), checked like the `token` authenticator checks an MQTT password.
     public func principal(bearerToken token: String) async -> Principal? {
-        let bytes = Array(token.utf8)
-        guard APIToken.looksLikeToken(bytes) else { return nil }
-        let digest = Data(APIToken.digest(bytes))
-        var match = try? await snapshot().tokens[digest]
-        // Not known: perhaps the CLI made it a moment ago.
-        if match == nil, (try? await refreshIfChanged()) == true { match = try? await snapshot().tokens[digest] }
-        return match.flatMap { $0.principal(clientIdentifier: $0.identity.name) }
+        guard APIToken.looksLikeToken(Array(token.utf8)) else { return nil }
+        let digest = APIToken.storedDigest(token)
+        // As the authenticators decide: a miss is decided again if the CLI changed the store since.
+        let verdict = await decideWithFreshState { snapshot in
+            guard let match = snapshot.tokens[digest],
+                let principal = match.principal(clientIdentifier: match.identity.name)
+            else { return .failure(IAMError("unknown or revoked token")) }
+            return .success(principal)
+        }
+        return try? verdict.get()
     }
 }
