@@ -97,32 +97,8 @@ struct OAuthForm: Sendable {
 }
 
 extension ClientAuthentication {
-    /// The client id the request claims, before it is verified: for rate limits and logs.
-    var claimedID: String? {
-        switch self {
-        case .none: nil
-        case .secret(let clientID, _): clientID
-        case .assertion(let clientID, let assertion):
-            clientID ?? (try? AssertionParties.unverifiedIssuer(assertion))
-        }
-    }
-
     func usesBasic(_ authorization: String?) -> Bool {
         authorization?.lowercased().hasPrefix("basic ") == true
-    }
-}
-
-/// Reads a JWT's `iss` without checking anything (for a rate-limit key only).
-enum AssertionParties {
-    static func unverifiedIssuer(_ token: String) throws -> String? {
-        let parts = token.split(separator: ".")
-        guard parts.count == 3 else { return nil }
-        var payload = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        payload += String(repeating: "=", count: (4 - payload.count % 4) % 4)
-        guard let data = Data(base64Encoded: payload),
-            let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { return nil }
-        return object["iss"] as? String
     }
 }
 

@@ -21,27 +21,11 @@ struct AssertionVerifier: Sendable {
         var pending: PendingAssertion
     }
 
-    /// The unverified `iss` and `sub`, to find whose keys must have signed the assertion.
-    static func parties(_ assertion: String) -> Result<(issuer: String, subject: String), AssertionRefusal> {
-        guard let parsed = CompactJWT(Array(assertion.utf8)) else { return .failure(.init("not a signed JWT")) }
-        guard let issuer = parsed.claims.string("iss"), !issuer.isEmpty else {
-            return .failure(.init("the assertion has no 'iss'"))
-        }
-        guard let subject = parsed.claims.string("sub"), !subject.isEmpty else {
-            return .failure(.init("the assertion has no 'sub'"))
-        }
-        return .success((issuer, subject))
-    }
-
-    func verify(_ assertion: String, keySource: PublicKeySource, audience: String) async -> Result<
+    /// Checks what `assertion` says against the keys of whoever `parties` names as its issuer.
+    func verify(_ assertion: ParsedAssertion, keySource: PublicKeySource, audience: String) async -> Result<
         Verified, AssertionRefusal
     > {
-        guard let parsed = CompactJWT(Array(assertion.utf8)) else { return .failure(.init("not a signed JWT")) }
-        let parties: (issuer: String, subject: String)
-        switch Self.parties(assertion) {
-        case .failure(let refusal): return .failure(refusal)
-        case .success(let found): parties = found
-        }
+        let (parsed, parties) = (assertion.jwt, assertion)
         let key: JWTAlgorithmValue
         switch await keys.key(for: keySource, keyID: parsed.keyID, algorithm: parsed.algorithm) {
         case .failure(let refusal): return .failure(refusal)
@@ -75,6 +59,25 @@ struct AssertionVerifier: Sendable {
             Verified(
                 issuer: parties.issuer, subject: parties.subject, expiresAt: expiry,
                 pending: PendingAssertion(issuer: parties.issuer, tokenID: tokenID, expiresAt: expiry + leeway)))
+    }
+}
+
+/// An assertion read once: its parts and the unverified `iss` and `sub`, which say whose keys
+/// must have signed it.
+struct ParsedAssertion {
+    let jwt: CompactJWT
+    let issuer: String
+    let subject: String
+
+    static func parse(_ text: String) -> Result<ParsedAssertion, AssertionRefusal> {
+        guard let jwt = CompactJWT(Array(text.utf8)) else { return .failure(.init("not a signed JWT")) }
+        guard let issuer = jwt.claims.string("iss"), !issuer.isEmpty else {
+            return .failure(.init("the assertion has no 'iss'"))
+        }
+        guard let subject = jwt.claims.string("sub"), !subject.isEmpty else {
+            return .failure(.init("the assertion has no 'sub'"))
+        }
+        return .success(ParsedAssertion(jwt: jwt, issuer: issuer, subject: subject))
     }
 }
 

@@ -29,6 +29,18 @@ public enum ClientAuthentication: Sendable, Equatable {
     case assertion(clientID: String?, assertion: String)
 }
 
+extension ClientAuthentication {
+    /// The client id the request claims, before it is verified: for rate limits and logs.
+    public var claimedID: String? {
+        switch self {
+        case .none: nil
+        case .secret(let clientID, _): clientID
+        case .assertion(let clientID, let assertion):
+            clientID ?? CompactJWT(Array(assertion.utf8))?.claims.string("iss")
+        }
+    }
+}
+
 /// A token request, its form fields already read.
 public struct TokenRequest: Sendable {
     public var grantType: String?
@@ -146,22 +158,27 @@ public final class OAuthServer: Sendable {
             guard let assertion = request.assertion, !assertion.isEmpty else {
                 throw OAuthError(.invalidRequest, "'assertion' is missing")
             }
-            let authenticated =
-                request.client == .none
-                ? nil : try await authenticateClient(request.client, tokenEndpoint: request.tokenEndpoint)
+            let authenticated = try await authenticatedIfPresented(request)
             return try await bearer(
                 assertion, scope: request.scope, authenticated: authenticated, tokenEndpoint: request.tokenEndpoint)
         case OAuthGrant.refreshToken.grantType:
             guard let presented = request.refreshToken, !presented.isEmpty else {
                 throw OAuthError(.invalidRequest, "'refresh_token' is missing")
             }
-            let authenticated =
-                request.client == .none
-                ? nil : try await authenticateClient(request.client, tokenEndpoint: request.tokenEndpoint)
+            let authenticated = try await authenticatedIfPresented(request)
             return try await refresh(presented, scope: request.scope, authenticated: authenticated)
         case let other?:
             throw OAuthError(.unsupportedGrantType, "grant_type '\(other)' is not supported")
         }
+    }
+
+    /// Client authentication where the grant makes it optional (RFC 7523 §2.1, RFC 6749 §6):
+    /// none presented is nil; one presented must succeed.
+    private func authenticatedIfPresented(_ request: TokenRequest) async throws -> (
+        client: OAuthClient, assertions: [PendingAssertion]
+    )? {
+        guard request.client != .none else { return nil }
+        return try await authenticateClient(request.client, tokenEndpoint: request.tokenEndpoint)
     }
 
     /// RFC 7523 §2.1: the assertion's issuer is a client asserting itself (`iss` = `sub`,
@@ -170,14 +187,14 @@ public final class OAuthServer: Sendable {
         _ assertion: String, scope: String?, authenticated: (client: OAuthClient, assertions: [PendingAssertion])?,
         tokenEndpoint: String
     ) async throws -> TokenResponse {
-        let parties: (issuer: String, subject: String)
-        switch AssertionVerifier.parties(assertion) {
+        let parties: ParsedAssertion
+        switch ParsedAssertion.parse(assertion) {
         case .failure(let refusal): throw OAuthError(.invalidGrant, refusal.reason)
         case .success(let found): parties = found
         }
         // Who signed it, and whom it names, in one read.
-        let context = try await store.offloaded { [store] in
-            try store.bearerContext(issuer: parties.issuer, subject: parties.subject)
+        let context = try await store.offloaded { [store, issuer = parties.issuer, subject = parties.subject] in
+            try store.bearerContext(issuer: issuer, subject: subject)
         }
         let keySource: PublicKeySource
         switch context.asserter {
@@ -198,7 +215,7 @@ public final class OAuthServer: Sendable {
             keySource = issuer.keys
         }
         let verified: AssertionVerifier.Verified
-        switch await verifier.verify(assertion, keySource: keySource, audience: tokenEndpoint) {
+        switch await verifier.verify(parties, keySource: keySource, audience: tokenEndpoint) {
         case .failure(let refusal): throw OAuthError(.invalidGrant, refusal.reason)
         case .success(let found): verified = found
         }
@@ -341,14 +358,16 @@ public final class OAuthServer: Sendable {
             guard matches else { throw refused }
             return (stored.client, [])
         case .assertion(let claimedID, let assertion):
-            guard case .success(let parties) = AssertionVerifier.parties(assertion) else { throw refused }
+            guard case .success(let parties) = ParsedAssertion.parse(assertion) else { throw refused }
             // RFC 7523 §3: iss and sub are both the client id.
             guard parties.issuer == parties.subject, claimedID == nil || claimedID == parties.issuer else {
                 throw OAuthError(.invalidClient, "a client assertion must have 'iss' and 'sub' equal to the client id")
             }
-            let client = try await store.offloaded { [store] in try store.activeClient(named: parties.issuer) }
+            let client = try await store.offloaded { [store, issuer = parties.issuer] in
+                try store.activeClient(named: issuer)
+            }
             guard let client, !client.keys.isEmpty else { throw refused }
-            switch await verifier.verify(assertion, keySource: client.keys, audience: tokenEndpoint) {
+            switch await verifier.verify(parties, keySource: client.keys, audience: tokenEndpoint) {
             case .failure(let refusal): throw OAuthError(.invalidClient, "client assertion refused: \(refusal.reason)")
             case .success(let verified): return (client, [verified.pending])
             }
