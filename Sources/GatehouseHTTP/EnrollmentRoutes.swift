@@ -85,10 +85,7 @@ struct EnrollmentRoutes: Sendable {
     /// revokes the certificate it presents.
     private func revoke(_ request: Request, _ context: GatehouseRequestContext) async -> Response {
         guard let body = await body(request) else { return Problem(413, "the body is too large").response }
-        let text = String(decoding: body, as: UTF8.self)
-        let serial =
-            (try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])?["serial"] as? String
-            ?? { if case .success(let form) = OAuthForm.parse(text) { return form["serial"] } else { return nil } }()
+        let serial = Self.serial(in: body)
         let presented: ClientCertificate?
         let actor: String
         if let bearer = OAuthForm.bearer(request.headers[.authorization]) {
@@ -110,6 +107,15 @@ struct EnrollmentRoutes: Sendable {
             logger.notice("certificate revoked", metadata: ["serial": "\(serial ?? presented?.serialNumber ?? "?")"])
             return JSONResponse.object(["revoked": serial ?? presented?.serialNumber ?? ""])
         }
+    }
+
+    /// `{"serial": …}` or `serial=…`.
+    private static func serial(in body: [UInt8]) -> String? {
+        if let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] {
+            return object["serial"] as? String
+        }
+        guard case .success(let form) = OAuthForm.parse(String(decoding: body, as: UTF8.self)) else { return nil }
+        return form["serial"]
     }
 
     private func body(_ request: Request) async -> [UInt8]? {

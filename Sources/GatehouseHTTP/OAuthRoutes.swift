@@ -106,21 +106,12 @@ struct OAuthRoutes: Sendable {
         guard let token = form["token"], !token.isEmpty else {
             return JSONResponse.error(OAuthError(.invalidRequest, "'token' is missing"))
         }
-        var clientID: String?
-        switch form.clientAuthentication(authorization: request.headers[.authorization]) {
-        case .failure(let error): return JSONResponse.error(error, basicChallenge: true)
-        case .success(.none): break
-        case .success(let authentication):
-            do {
-                clientID = try await oauth.authenticate(
-                    authentication, tokenEndpoint: endpoint(request, "/oauth/token")
-                )
-                .clientID
-            } catch {
-                return JSONResponse.error(
-                    error as? OAuthError ?? OAuthError(.invalidClient, "client authentication failed"),
-                    basicChallenge: true)
-            }
+        // RFC 7009 §2.1: a client that authenticates revokes only its own tokens.
+        let clientID: String?
+        switch await presentedClient(request, form) {
+        case .refused(let answer): return answer
+        case .none: clientID = nil
+        case .client(let found): clientID = found
         }
         do { try await oauth.revoke(token, client: clientID) } catch {
             return JSONResponse.error(OAuthError(.temporarilyUnavailable, "the identity store failed"))
@@ -145,22 +136,13 @@ struct OAuthRoutes: Sendable {
             }
             requester = nil
         } else {
-            switch form.clientAuthentication(authorization: request.headers[.authorization]) {
-            case .failure(let error): return JSONResponse.error(error, basicChallenge: true)
-            case .success(.none):
+            switch await presentedClient(request, form) {
+            case .refused(let answer): return answer
+            case .none:
                 return JSONResponse.error(
                     OAuthError(.invalidClient, "introspection needs an admin token or client authentication"),
                     basicChallenge: true)
-            case .success(let authentication):
-                do {
-                    requester = try await oauth.authenticate(
-                        authentication, tokenEndpoint: endpoint(request, "/oauth/token")
-                    ).clientID
-                } catch {
-                    return JSONResponse.error(
-                        error as? OAuthError ?? OAuthError(.invalidClient, "client authentication failed"),
-                        basicChallenge: true)
-                }
+            case .client(let clientID): requester = clientID
             }
         }
         guard let token = form["token"], !token.isEmpty else {
@@ -168,6 +150,30 @@ struct OAuthRoutes: Sendable {
         }
         let answer = await oauth.introspect(token, requester: requester)
         return JSONResponse.encoded(answer)
+    }
+
+    private enum PresentedClient {
+        case none
+        case client(String)
+        /// The `invalid_client` answer for a client authentication that failed.
+        case refused(Response)
+    }
+
+    /// The client the request's client authentication names, if it carries one.
+    private func presentedClient(_ request: Request, _ form: OAuthForm) async -> PresentedClient {
+        switch form.clientAuthentication(authorization: request.headers[.authorization]) {
+        case .failure(let error): return .refused(JSONResponse.error(error, basicChallenge: true))
+        case .success(.none): return .none
+        case .success(let authentication):
+            do {
+                let client = try await oauth.authenticate(
+                    authentication, tokenEndpoint: endpoint(request, "/oauth/token"))
+                return .client(client.clientID)
+            } catch {
+                let refusal = error as? OAuthError ?? OAuthError(.invalidClient, "client authentication failed")
+                return .refused(JSONResponse.error(refusal, basicChallenge: true))
+            }
+        }
     }
 
     // MARK: Keys and metadata

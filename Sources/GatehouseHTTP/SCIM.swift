@@ -50,10 +50,7 @@ enum SCIM {
     static func createUser(_ store: IdentityStore, _ call: AdminRoutes.AdminCall) -> Response {
         run {
             let name = try call.body.string("userName")
-            let attributes = call.body.object[extensionSchema] as? [String: Any] ?? [:]
-            guard let tenant = attributes["tenant"] as? String else {
-                throw Problem(400, "'\(extensionSchema)' must give the identity's 'tenant'")
-            }
+            let (attributes, tenant) = try extensionAttributes(call, of: "identity")
             let kindName = attributes["kind"] as? String ?? IdentityKind.user.rawValue
             guard let kind = IdentityKind(rawValue: kindName) else {
                 throw Problem(400, "'kind' must be device, user, service or application")
@@ -106,16 +103,24 @@ enum SCIM {
     static func createGroup(_ store: IdentityStore, _ call: AdminRoutes.AdminCall) -> Response {
         run {
             let name = try call.body.string("displayName")
-            let attributes = call.body.object[extensionSchema] as? [String: Any] ?? [:]
-            guard let tenant = attributes["tenant"] as? String else {
-                throw Problem(400, "'\(extensionSchema)' must give the group's 'tenant'")
-            }
+            let (attributes, tenant) = try extensionAttributes(call, of: "group")
             try store.addGroup(name, tenant: tenant, roles: attributes["roles"] as? [String] ?? [], actor: call.actor)
             guard let created = try store.groups(tenant: tenant).first(where: { $0.name == name }) else {
                 throw Problem(503, "the new group vanished")
             }
             return respond(group(created), status: .created)
         }
+    }
+
+    /// Gatehouse's extension of a resource being created, which must name its tenant.
+    private static func extensionAttributes(_ call: AdminRoutes.AdminCall, of resource: String) throws -> (
+        [String: Any], tenant: String
+    ) {
+        let attributes = call.body.object[extensionSchema] as? [String: Any] ?? [:]
+        guard let tenant = attributes["tenant"] as? String else {
+            throw Problem(400, "'\(extensionSchema)' must give the \(resource)'s 'tenant'")
+        }
+        return (attributes, tenant)
     }
 
     /// One page of a list: `startIndex` counts from 1; `count` is at most 1,000.
