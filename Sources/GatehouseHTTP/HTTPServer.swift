@@ -65,14 +65,9 @@ public struct HTTPServer: Service {
         self.logger = logger
     }
 
-    /// The routes of every listener, for the OpenAPI check.
-    public static let documentedRoutes =
+    /// The routes of every listener, as the OpenAPI document must list them.
+    static let documentedRoutes =
         OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths + HealthRoutes.paths
-
-    /// What `GET /readyz` would answer now (for tests of the answer's shape).
-    public static func readiness(_ checks: [ReadinessCheck]) async -> (ready: Bool, body: [String: Any]) {
-        await HealthRoutes.readiness(checks)
-    }
 
     public func run() async throws {
         let limiter = TokenRateLimiter(

@@ -1,6 +1,7 @@
 import Foundation
-import GatehouseHTTP
 import Testing
+
+@testable import GatehouseHTTP
 
 /// The OpenAPI document the HTTP side serves: valid OpenAPI 3.1, listing exactly the routes
 /// the server has, and exercised by schemathesis without a server error.
@@ -56,7 +57,7 @@ struct OpenAPITests {
         #expect(
             ready.output == #"{"checks":{"identity_store":"ok","mqtt_listeners":"ok"},"status":"ready"} 200"#,
             "\(ready.output)")
-        let (isReady, body) = await HTTPServer.readiness([
+        let (isReady, body) = await HealthRoutes.readiness([
             ReadinessCheck(name: "mqtt_listeners") { false }, ReadinessCheck(name: "identity_store") { true },
         ])
         #expect(!isReady && body["failing"] as? [String] == ["mqtt_listeners"])
