@@ -95,7 +95,8 @@ extension IdentityStore {
     /// Revokes the family of a refresh token (RFC 7009 §2.1: its access tokens too). Nothing
     /// happens for an unknown token or another client's.
     func revokeRefreshFamily(_ digest: Data, client: String?) throws -> String? {
-        let identityID = try write(keepsSnapshot: true) { db -> String? in
+        // A plain write: the revoked access tokens are in the snapshot the authenticators read.
+        try write { db -> String? in
             guard
                 let row = try Row.fetchOne(
                     db,
@@ -114,9 +115,6 @@ extension IdentityStore {
                 identityID: row["identity_id"], detail: "family=\(family)")
             return row["identity_id"]
         }
-        // The revoked access tokens are in the snapshot the authenticators read.
-        cachedSnapshot.withLockedValue { $0 = nil }
-        return identityID
     }
 
     func introspectRefreshToken(_ digest: Data) throws -> Introspection {

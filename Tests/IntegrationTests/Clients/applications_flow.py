@@ -144,7 +144,7 @@ check(sub_a.wait_for("DISCONNECT (152)", 3) and time.time() - started < 1.0,
       f"tenant A's mosquitto_sub got DISCONNECT 0x98 after {time.time() - started:.2f} s", sub_a.lines)
 publisher = Session(service["tenant-b"]["name"], service["tenant-b"]["password"])
 check(publisher.publish("tenants/tenant-b/alive"), "tenant B's service user still publishes")
-check(sub_b.wait_for("PUBLISH", 3) and sub_b.process.poll() is None,
+check(sub_b.wait_for("tenants/tenant-b/alive", 3) and sub_b.process.poll() is None,
       "tenant B's mosquitto_sub keeps running and receives it", sub_b.lines)
 publisher.close()
 gone = requests.get(BASE + "/scim/v2/Users", headers=ADMIN, timeout=10,
