@@ -55,6 +55,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "GatehousePersistence",
+            dependencies: [
+                "GatehouseBroker", "GatehouseAuth", "MQTTCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "GatehouseCertificates",
             dependencies: [
                 "GatehouseAuth",
@@ -137,7 +147,7 @@ let package = Package(
             name: "gatehouse",
             dependencies: [
                 "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig", "GatehouseCertificates",
-                "GatehouseIAM", "GatehouseACL", "GatehouseHTTP",
+                "GatehouseIAM", "GatehouseACL", "GatehouseHTTP", "GatehousePersistence",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -184,6 +194,16 @@ let package = Package(
                 "GatehouseBroker", "GatehouseAuth", "MQTTCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "GatehousePersistenceTests",
+            dependencies: [
+                "GatehousePersistence", "GatehouseBroker", "GatehouseAuth", "MQTTCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings

@@ -1,6 +1,6 @@
 /// Who a connection is, once authenticated: what the ACL decides on and what the broker
 /// records against the session.
-public struct Principal: Sendable, Hashable {
+public struct Principal: Sendable, Hashable, Codable {
     public var identityID: String
     public var username: String
     public var clientIdentifier: String

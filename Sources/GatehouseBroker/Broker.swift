@@ -39,8 +39,11 @@ public final class Broker: Sendable {
     public let authenticator: any Authenticator
     public let authorizer: any Authorizer
     public let subscriptions = SubscriptionIndex()
-    public let retained = RetainedStore()
+    public let retained: RetainedStore
     public let statistics = BrokerStatistics()
+    /// The durable store, when persistence is on.
+    public let store: (any BrokerStore)?
+    let storage: SessionStorage?
     let logger: Logger
     private let sessions = NIOLockedValueBox<[String: Session]>([:])
     private let rejectionLog = NIOLockedValueBox<(last: NIODeadline, suppressed: Int)>((.distantPast, 0))
@@ -49,11 +52,15 @@ public final class Broker: Sendable {
         configuration: BrokerConfiguration,
         authenticator: any Authenticator,
         authorizer: any Authorizer,
+        store: (any BrokerStore)? = nil,
         logger: Logger
     ) {
         self.configuration = configuration
         self.authenticator = authenticator
         self.authorizer = authorizer
+        self.store = store
+        self.storage = store.map { SessionStorage(store: $0) }
+        self.retained = RetainedStore(store: store)
         self.logger = logger
     }
 
@@ -95,8 +102,11 @@ public final class Broker: Sendable {
                 principal: principal,
                 expiryInterval: expiryInterval,
                 maximumQueuedMessages: configuration.maximumQueuedMessages,
-                statistics: statistics
+                statistics: statistics,
+                storage: storage
             )
+            // Deleted from the store before the new session is written under the same id.
+            existing?.retire()
             sessions[clientID] = fresh
             return (fresh, false, existing)
         }
@@ -112,6 +122,46 @@ public final class Broker: Sendable {
             if let will = discarded.takePendingWill() { publishNow(will) }
         }
         return OpenedSession(session: session, sessionPresent: present, previousConnection: previous)
+    }
+
+    /// Puts back what the store kept: sessions (detached, their expiry counted from when their
+    /// connection ended), subscriptions, queued and in-flight messages, retained messages and
+    /// delayed Wills. Call it once, before any listener accepts.
+    public func restore(_ state: RestoredBrokerState, on eventLoop: any EventLoop) {
+        storage?.resume(fromMessageID: state.nextMessageID)
+        for message in state.retained { retained.restore(message) }
+        let now = wallClockSeconds()
+        var allFilters: [(MQTTTopicFilter, SubscriptionEntry)] = []
+        for stored in state.sessions {
+            let session = Session(
+                clientID: stored.clientID, principal: stored.principal, expiryInterval: stored.expiryInterval,
+                maximumQueuedMessages: configuration.maximumQueuedMessages, statistics: statistics, storage: storage)
+            let filters = stored.subscriptions.compactMap { subscription -> (MQTTTopicFilter, SubscriptionEntry)? in
+                guard let filter = try? MQTTTopicFilter(parsing: subscription.filter) else { return nil }
+                let entry = SubscriptionEntry(
+                    clientID: stored.clientID, options: subscription.options, identifier: subscription.identifier,
+                    session: session)
+                return (filter, entry)
+            }
+            session.restore(stored, filters: filters)
+            allFilters += filters
+            sessions.withLockedValue { $0[stored.clientID] = session }
+            let attachments = session.attachmentCount
+            if stored.expiryInterval != UInt32.max {
+                let remaining = max(0, stored.detachedAt + Int64(stored.expiryInterval) - now)
+                eventLoop.scheduleTask(in: .seconds(remaining)) { [self] in
+                    if session.hasStayedDetached(since: attachments) { discard(session) }
+                }
+            }
+            if let will = stored.will {
+                eventLoop.scheduleTask(in: .seconds(max(0, will.dueAt - now))) { [self] in
+                    if let due = session.takePendingWill(since: attachments) { publishNow(due) }
+                }
+            }
+        }
+        subscriptions.update { trie in
+            for (filter, entry) in allFilters { trie.insert(entry, filter: filter) }
+        }
     }
 
     /// The connection ended. A session with expiry 0 ends with it; others stay for their
@@ -137,6 +187,7 @@ public final class Broker: Sendable {
             return true
         }
         guard removed else { return }
+        session.retire()
         removeSubscriptions(of: session)
         if let will = session.takePendingWill() { publishNow(will) }
     }
@@ -154,7 +205,7 @@ public final class Broker: Sendable {
             publishNow(will)
             return
         }
-        session.setPendingWill(will)
+        session.setPendingWill(will, dueAt: wallClockSeconds() + Int64(wait))
         let attachments = session.attachmentCount
         eventLoop.scheduleTask(in: .seconds(Int64(wait))) { [self] in
             if let due = session.takePendingWill(since: attachments) { publishNow(due) }
@@ -163,9 +214,9 @@ public final class Broker: Sendable {
 
     /// Routes a message from outside any read cycle and wakes its subscribers.
     private func publishNow(_ message: RoutedMessage) {
-        var wakes: [any SessionConnection] = []
-        publish(message, wakes: &wakes)
-        wake(wakes)
+        var batch = DeliveryBatch()
+        publish(message, into: &batch)
+        batch.wakeAll()
     }
 
     private func removeSubscriptions(of session: Session) {
@@ -301,19 +352,19 @@ public final class Broker: Sendable {
     // MARK: Routing
 
     /// Routes an accepted message to every matching session the subscriber may read it in.
-    /// Connections to wake are appended to `wakes`, so the caller can wake each event loop
-    /// once per read cycle. Returns how many sessions it reached.
+    /// Connections to wake go into `batch`, so the caller can wake each event loop once per
+    /// read cycle. Returns how many sessions it reached.
     @discardableResult
-    public func publish(_ message: RoutedMessage, wakes: inout [any SessionConnection]) -> Int {
-        if message.retain { retained.store(message) }
+    public func publish(_ message: RoutedMessage, into batch: inout DeliveryBatch) -> Int {
+        if message.retain, retained.store(message) { batch.wroteToStore = true }
         let match = subscriptions.snapshot.matchAll(topic: message.topic, publisherClientID: message.publisherClientID)
         guard !match.isEmpty else { return 0 }
         var reached = 0
         // Fan-out: encode the shared QoS 0 forms once instead of once per subscriber.
-        let message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
+        var message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
         for delivery in match.deliveries.values {
             guard let session = delivery.session else { continue }
-            reached += enqueue(message, delivery, to: session, wakes: &wakes)
+            reached += enqueue(&message, delivery, to: session, into: &batch)
         }
         // Each shared group sends one copy, to the next member in turn that is connected (or,
         // if none is, to the next member at all, whose session queues it).
@@ -328,27 +379,25 @@ public final class Broker: Sendable {
                 if chosen == nil { chosen = entry }
             }
             guard let chosen, let session = chosen.session else { continue }
-            reached += enqueue(message, Delivery(chosen), to: session, wakes: &wakes)
+            reached += enqueue(&message, Delivery(chosen), to: session, into: &batch)
         }
         return reached
     }
 
     /// Queues one delivery if the subscriber may read the topic; returns 1 if it did.
     private func enqueue(
-        _ message: RoutedMessage,
+        _ message: inout RoutedMessage,
         _ delivery: Delivery,
         to session: Session,
-        wakes: inout [any SessionConnection]
+        into batch: inout DeliveryBatch
     ) -> Int {
-        let queued = QueuedMessage(
-            message: message,
+        let stored = StoredDelivery(
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
-            subscriptionIdentifiers: delivery.subscriptionIdentifiers
-        )
-        let (accepted, wake) = session.enqueue(queued, readPermittedBy: authorizer)
-        if let wake { wakes.append(wake) }
-        return accepted ? 1 : 0
+            subscriptionIdentifiers: delivery.subscriptionIdentifiers)
+        let enqueued = session.enqueue(&message, stored, readPermittedBy: authorizer)
+        batch.add(enqueued)
+        return enqueued.accepted ? 1 : 0
     }
 
     /// Retained messages for a new subscription go to that session alone, flagged retained.
@@ -357,17 +406,37 @@ public final class Broker: Sendable {
         to session: Session,
         options: MQTTPacket.SubscriptionOptions,
         identifier: UInt32?,
-        wakes: inout [any SessionConnection]
+        into batch: inout DeliveryBatch
     ) {
-        for message in messages {
-            let queued = QueuedMessage(
-                message: message,
-                qos: min(message.qos, options.qos),
-                retain: true,
-                subscriptionIdentifiers: identifier.map { [$0] } ?? []
+        for var message in messages {
+            let delivery = StoredDelivery(
+                qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
             )
-            if let wake = session.enqueue(queued, readPermittedBy: authorizer).wake { wakes.append(wake) }
+            batch.add(session.enqueue(&message, delivery, readPermittedBy: authorizer))
         }
+    }
+}
+
+/// What routing within one read cycle leaves for its end: the connections to wake (once per
+/// event loop), and whether acknowledgements must wait for the store to commit.
+public struct DeliveryBatch {
+    private var wakes: [any SessionConnection] = []
+    /// Set when routing wrote to the store; the caller clears it once it has taken a ticket.
+    public var wroteToStore = false
+
+    public init() {}
+
+    mutating func add(_ enqueued: Session.Enqueued) {
+        if let wake = enqueued.wake { wakes.append(wake) }
+        if enqueued.stored { wroteToStore = true }
+    }
+
+    /// Wakes each connection once, with one task per event loop.
+    public mutating func wakeAll() {
+        guard !wakes.isEmpty else { return }
+        let batch = wakes
+        wakes.removeAll(keepingCapacity: true)
+        wake(batch)
     }
 }
 
@@ -380,7 +449,7 @@ extension Session {
 }
 
 /// Wakes each connection once, with one task per event loop rather than one per message.
-public func wake(_ connections: [any SessionConnection]) {
+func wake(_ connections: [any SessionConnection]) {
     guard !connections.isEmpty else { return }
     var byLoop: [ObjectIdentifier: (any EventLoop, [any SessionConnection])] = [:]
     for connection in connections {

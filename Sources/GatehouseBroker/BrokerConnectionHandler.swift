@@ -32,7 +32,14 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     // Only touched on the event loop (hence @unchecked Sendable for the protocol's sake).
     private var state: State = .awaitingConnect
     private var context: ChannelHandlerContext?
-    private var wakes: [any SessionConnection] = []
+    private var deliveries = DeliveryBatch()
+    /// Acknowledgements waiting for the store to commit what they promise, in the order they
+    /// must go out [MQTT-4.6.0-2]; a ticket of 0 waits only for those ahead of it.
+    private var heldAcknowledgements = CircularBuffer<(packet: MQTTPacket, ticket: UInt64)>(initialCapacity: 1)
+    private var highestHeldTicket: UInt64 = 0
+    private var awaitingCommit = false
+    /// A held SUBACK holds the session's output too: the retained messages it unlocks follow it.
+    private var heldSubAcks = 0
     /// Inside a read cycle, replies are written but flushed once at read-complete.
     private var inReadCycle = false
     private var flushPending = false
@@ -107,16 +114,54 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             flushPending = false
             context.flush()
         }
-        flushWakes()
+        deliveries.wakeAll()
+        awaitCommit()
         tally.flush(into: broker.statistics)
         context.fireChannelReadComplete()
     }
 
-    private func flushWakes() {
-        guard !wakes.isEmpty else { return }
-        let batch = wakes
-        wakes.removeAll(keepingCapacity: true)
-        wake(batch)
+    // MARK: Acknowledgements that wait for the store
+
+    /// Sends an acknowledgement now, or holds it until the store has committed what it
+    /// promises (`durable`) or until those ahead of it go.
+    private func acknowledge(_ packet: MQTTPacket, durable: Bool) {
+        if durable, let store = broker.store {
+            let ticket = store.currentTicket()
+            highestHeldTicket = max(highestHeldTicket, ticket)
+            hold(packet, ticket: ticket)
+        } else if !heldAcknowledgements.isEmpty {
+            hold(packet, ticket: 0)
+        } else {
+            send(packet)
+        }
+    }
+
+    private func hold(_ packet: MQTTPacket, ticket: UInt64) {
+        if case .suback = packet { heldSubAcks += 1 }
+        heldAcknowledgements.append((packet, ticket))
+    }
+
+    /// Asks the store, once per read cycle, to say when the held acknowledgements may go.
+    private func awaitCommit() {
+        guard !awaitingCommit, highestHeldTicket > 0, let store = broker.store else { return }
+        awaitingCommit = true
+        let ticket = highestHeldTicket
+        store.whenDurable(ticket, on: eventLoop) { [self] in
+            awaitingCommit = false
+            releaseAcknowledgements(through: ticket)
+            awaitCommit()
+        }
+    }
+
+    private func releaseAcknowledgements(through ticket: UInt64) {
+        if highestHeldTicket <= ticket { highestHeldTicket = 0 }
+        let releasedSubAck = heldSubAcks > 0
+        while let first = heldAcknowledgements.first, first.ticket <= ticket {
+            heldAcknowledgements.removeFirst()
+            if case .suback = first.packet { heldSubAcks -= 1 }
+            send(first.packet)
+        }
+        if releasedSubAck && heldSubAcks == 0 { sessionHasOutput() }
     }
 
     private func handle(_ packet: MQTTPacket) {
@@ -298,7 +343,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         for packet in pending { handle(packet) }
         drainPending = false
         sessionHasOutput()
-        flushWakes()
+        deliveries.wakeAll()
+        awaitCommit()
     }
 
     private func armKeepAlive(in delay: TimeAmount) {
@@ -345,11 +391,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             let codes = unsubscribe.topicFilters.map { filter -> MQTTReasonCode in
                 broker.unsubscribe(session, filter: filter) ? .success : .noSubscriptionExisted
             }
-            send(
+            acknowledge(
                 .unsuback(
                     .init(
                         packetIdentifier: unsubscribe.packetIdentifier,
-                        reasonCodes: connected.version == .v5 ? codes : [])))
+                        reasonCodes: connected.version == .v5 ? codes : [])),
+                durable: session.isStored)
         case .pingreq:
             send(.pingresp)
         case .disconnect(let disconnect):
@@ -387,10 +434,11 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
         }
         var isRepeat = false
+        var durable = false
         if publish.qos == .exactlyOnce {
             let limit = Int(broker.configuration.receiveMaximum)
             switch connected.session.receiveInboundQoS2(publish.packetIdentifier, limit: limit) {
-            case .new: break
+            case .new: durable = connected.session.isStored
             case .duplicate: isRepeat = true
             case .overLimit:
                 close(sendingDisconnect: .receiveMaximumExceeded)
@@ -415,7 +463,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         if code == .success && !isRepeat {
             let message = RoutedMessage(
                 publish: publish, topic: topic, publisherClientID: connected.session.clientID, now: .now())
-            if broker.publish(message, wakes: &wakes) == 0 && version == .v5 { code = .noMatchingSubscribers }
+            deliveries.wroteToStore = false
+            if broker.publish(message, into: &deliveries) == 0 && version == .v5 { code = .noMatchingSubscribers }
+            if deliveries.wroteToStore { durable = true }
         } else if code.isFailure {
             logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(code)"])
             // A refused QoS 2 message is not held for PUBREL.
@@ -431,8 +481,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let wireCode: MQTTReasonCode = version == .v5 ? code : .success
         switch publish.qos {
         case .atMostOnce: break
-        case .atLeastOnce: send(.puback(.init(packetIdentifier: publish.packetIdentifier, reasonCode: wireCode)))
-        case .exactlyOnce: send(.pubrec(.init(packetIdentifier: publish.packetIdentifier, reasonCode: wireCode)))
+        case .atLeastOnce:
+            acknowledge(
+                .puback(.init(packetIdentifier: publish.packetIdentifier, reasonCode: wireCode)), durable: durable)
+        case .exactlyOnce:
+            acknowledge(
+                .pubrec(.init(packetIdentifier: publish.packetIdentifier, reasonCode: wireCode)), durable: durable)
         }
     }
 
@@ -466,11 +520,14 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             let retained = broker.subscribe(
                 connected.session, filter: filter, options: subscription.options, identifier: identifier)
             broker.deliverRetained(
-                retained, to: connected.session, options: subscription.options, identifier: identifier, wakes: &wakes)
+                retained, to: connected.session, options: subscription.options, identifier: identifier,
+                into: &deliveries)
             codes.append(MQTTReasonCode(rawValue: subscription.options.qos.rawValue))
         }
         // SUBACK goes before the retained messages it unlocks: those wait for the drain.
-        send(.suback(.init(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes)))
+        acknowledge(
+            .suback(.init(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes)),
+            durable: connected.session.isStored)
     }
 
     private func receiveDisconnect(_ disconnect: MQTTPacket.Disconnect, _ connected: Connected) {
@@ -501,7 +558,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     /// Nothing is taken while the channel is not writable, so a slow reader's backlog stays in
     /// its bounded session queue (QoS 0 dropped first) instead of the socket's buffers.
     public func sessionHasOutput() {
-        guard case .connected(let connected) = state, let context, context.channel.isWritable else { return }
+        guard case .connected(let connected) = state, let context, context.channel.isWritable, heldSubAcks == 0
+        else { return }
         let now = NIODeadline.now()
         let outgoing = connected.session.takeOutgoing(now: now)
         guard !outgoing.isEmpty else { return }
@@ -629,7 +687,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         state = .closed
         broker.statistics.add(broker.statistics.clientsConnected, -1)
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
-        flushWakes()
+        deliveries.wakeAll()
         tally.flush(into: broker.statistics)
         if let will = connected.will,
             broker.authorizer.authorize(connected.principal, .publish, topic: will.topic) == .accept

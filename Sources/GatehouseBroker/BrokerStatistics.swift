@@ -92,14 +92,14 @@ extension Broker {
     /// Publishes the `$SYS` topics as retained QoS 0 messages, so new subscribers see the
     /// latest values at once.
     public func publishSystemTopics(version: String) {
-        var wakes: [any SessionConnection] = []
+        var batch = DeliveryBatch()
         let now = NIODeadline.now()
         for (topic, value) in systemTopics(version: version, now: now) {
             let message = RoutedMessage(
                 topic: topic, payload: ByteBuffer(string: value), qos: .atMostOnce, retain: true)
-            publish(message, wakes: &wakes)
+            publish(message, into: &batch)
         }
-        wake(wakes)
+        batch.wakeAll()
     }
 
     /// Publishes the `$SYS` topics every `interval` on `eventLoop` until the returned task is

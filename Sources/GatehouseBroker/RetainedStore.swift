@@ -6,18 +6,34 @@ import NIOCore
 /// SUBSCRIBE, never by ordinary routing.
 public final class RetainedStore: Sendable {
     private let messages = NIOLockedValueBox<[String: RoutedMessage]>([:])
+    private let durable: (any BrokerStore)?
 
-    public init() {}
+    public init(store: (any BrokerStore)? = nil) {
+        self.durable = store
+    }
 
     /// Sets the topic's retained message, or clears it for an empty payload. [MQTT-3.3.1-6]
-    public func store(_ message: RoutedMessage) {
-        messages.withLockedValue { messages in
+    /// Returns whether the change went to the durable store (`$SYS` topics never do: the
+    /// broker makes them anew).
+    @discardableResult
+    public func store(_ message: RoutedMessage) -> Bool {
+        let durable = message.topic.hasPrefix("$SYS/") ? nil : self.durable
+        return messages.withLockedValue { messages in
+            // Under the lock, so that the store sees one topic's changes in their order.
             if message.payload.readableBytes == 0 {
-                messages[message.topic] = nil
+                guard messages.removeValue(forKey: message.topic) != nil else { return false }
+                durable?.append(.retainedCleared(topic: message.topic))
             } else {
                 messages[message.topic] = message
+                durable?.append(.retainedSet(message))
             }
+            return durable != nil
         }
+    }
+
+    /// Puts back a retained message from the store at start-up.
+    func restore(_ message: RoutedMessage) {
+        messages.withLockedValue { $0[message.topic] = message }
     }
 
     public var count: Int { messages.withLockedValue { $0.count } }

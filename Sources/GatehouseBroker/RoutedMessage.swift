@@ -13,6 +13,8 @@ public struct RoutedMessage: Sendable {
     public var publisherClientID: String?
     /// When the Message Expiry Interval runs out; nil if it never does.
     public var expiresAt: NIODeadline?
+    /// The store's id once a persistent session holds it; nil while only memory does.
+    public internal(set) var storedID: StoredMessageID?
     /// The QoS 0, non-retained wire forms, encoded once when the message fans out, so that
     /// subscribers whose bytes are equal share them instead of encoding again.
     var sharedForms: SharedWireForms?

@@ -1,3 +1,5 @@
+import Atomics
+import Foundation
 public import GatehouseAuth
 public import MQTTCore
 import NIOConcurrencyHelpers
@@ -18,7 +20,39 @@ struct QueuedMessage: Sendable {
     var qos: MQTTQoS
     var retain: Bool
     var subscriptionIdentifiers: [UInt32]
+    /// The session's count of deliveries when it took this one: its order, and its key in the store.
+    var sequence: UInt64 = 0
+
+    var storedDelivery: StoredDelivery {
+        StoredDelivery(qos: qos, retain: retain, subscriptionIdentifiers: subscriptionIdentifiers)
+    }
 }
+
+/// The durable store as the sessions of one broker share it, with the ids of stored messages.
+final class SessionStorage: Sendable {
+    let store: any BrokerStore
+    private let nextMessageID: ManagedAtomic<UInt64>
+
+    init(store: any BrokerStore, nextMessageID: StoredMessageID = 1) {
+        self.store = store
+        self.nextMessageID = ManagedAtomic(nextMessageID)
+    }
+
+    func resume(fromMessageID next: StoredMessageID) {
+        nextMessageID.store(next, ordering: .relaxed)
+    }
+
+    /// Gives the message an id and stores it, unless it has one already.
+    func save(_ message: inout RoutedMessage) {
+        guard message.storedID == nil else { return }
+        let id = nextMessageID.loadThenWrappingIncrement(ordering: .relaxed)
+        message.storedID = id
+        store.append(.messageSaved(id, message))
+    }
+}
+
+/// Seconds since 1970, as the store keeps times.
+func wallClockSeconds() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
 /// What the connection writes next for its session.
 enum OutgoingPacket: Sendable {
@@ -38,7 +72,6 @@ public final class Session: @unchecked Sendable {
         var queued: QueuedMessage
         /// After PUBREC the message is done with; only PUBREL/PUBCOMP remain.
         var released: Bool
-        var sequence: UInt64
     }
 
     private let lock = NIOLock()
@@ -62,20 +95,27 @@ public final class Session: @unchecked Sendable {
     private var resendInflight = false
     private var droppedMessages = 0
     /// A Will waiting out its delay; a new connection to the session cancels it.
-    private var pendingWill: RoutedMessage?
+    private var pendingWill: (message: RoutedMessage, dueAt: Int64)?
     /// How many connections have attached, so that a timer set at one disconnect can tell
     /// whether the session has been resumed (and perhaps left again) since.
     private var attachments: UInt64 = 0
+    /// The session ended: it writes nothing more to the store, whoever still holds it.
+    private var retired = false
+    /// Whether the store holds this session; while it does, every change is written there too.
+    private var inStore = false
     private let maximumQueuedMessages: Int
     private let statistics: BrokerStatistics?
+    private let storage: SessionStorage?
 
     init(
         clientID: String,
         principal: Principal,
         expiryInterval: UInt32,
         maximumQueuedMessages: Int,
-        statistics: BrokerStatistics? = nil
+        statistics: BrokerStatistics? = nil,
+        storage: SessionStorage? = nil
     ) {
+        self.storage = storage
         self.statistics = statistics
         self.clientID = clientID
         self._principal = principal
@@ -87,8 +127,15 @@ public final class Session: @unchecked Sendable {
     public var principal: Principal { lock.withLock { _principal } }
     public var expiryInterval: UInt32 {
         get { lock.withLock { _expiryInterval } }
-        set { lock.withLock { _expiryInterval = newValue } }
+        set {
+            lock.withLock {
+                _expiryInterval = newValue
+                syncStoreLocked()
+            }
+        }
     }
+    /// Whether the session's state is kept in the durable store.
+    public var isStored: Bool { lock.withLock { inStore } }
     public var isConnected: Bool { lock.withLock { connection != nil } }
     public var subscriptionCount: Int { lock.withLock { subscriptionFilters.count } }
     public var queuedCount: Int { lock.withLock { queue.count } }
@@ -112,8 +159,79 @@ public final class Session: @unchecked Sendable {
             resendInflight = !inflight.isEmpty
             drainScheduled = false
             attachments += 1
+            if inStore && expiryInterval > 0 {
+                storage?.store.append(
+                    .sessionOpened(clientID: clientID, principal: principal, expiryInterval: expiryInterval))
+            }
+            syncStoreLocked()
             return previous
         }
+    }
+
+    /// The session ended (expired, or replaced by a clean start): the store forgets it, and
+    /// deliveries that still reach this object are not written.
+    func retire() {
+        lock.withLock {
+            retired = true
+            syncStoreLocked()
+        }
+    }
+
+    /// Brings the store in line with whether the session should be there: a clean session
+    /// never is; one that becomes persistent is written whole; one that stops is deleted.
+    private func syncStoreLocked() {
+        guard let storage else { return }
+        let wanted = _expiryInterval > 0 && !retired
+        if wanted && !inStore {
+            writeWholeLocked(to: storage)
+        } else if !wanted && inStore {
+            inStore = false
+            storage.store.append(.sessionDeleted(clientID: clientID))
+        }
+    }
+
+    private func writeWholeLocked(to storage: SessionStorage) {
+        let store = storage.store
+        inStore = true
+        store.append(.sessionOpened(clientID: clientID, principal: _principal, expiryInterval: _expiryInterval))
+        if connection == nil {
+            store.append(.sessionDetached(clientID: clientID, at: wallClockSeconds(), expiryInterval: _expiryInterval))
+        }
+        for (filter, entry) in subscriptionFilters {
+            store.append(
+                .subscriptionSaved(
+                    clientID: clientID, filter: filter, options: entry.options, identifier: entry.identifier))
+        }
+        for identifier in inboundQoS2 {
+            store.append(.inboundQoS2Received(clientID: clientID, packetIdentifier: identifier))
+        }
+        for (identifier, var entry) in inflight {
+            writeDeliveryLocked(&entry.queued, to: storage)
+            store.append(
+                .deliverySent(clientID: clientID, sequence: entry.queued.sequence, packetIdentifier: identifier))
+            if entry.released { store.append(.deliveryReleased(clientID: clientID, sequence: entry.queued.sequence)) }
+            inflight[identifier] = entry
+        }
+        for index in queue.indices where queue[index].qos != .atMostOnce {
+            writeDeliveryLocked(&queue[index], to: storage)
+        }
+        if let pendingWill {
+            store.append(.willScheduled(clientID: clientID, message: pendingWill.message, dueAt: pendingWill.dueAt))
+        }
+    }
+
+    private func writeDeliveryLocked(_ queued: inout QueuedMessage, to storage: SessionStorage) {
+        storage.save(&queued.message)
+        guard let id = queued.message.storedID else { return }
+        storage.store.append(
+            .deliveryQueued(clientID: clientID, sequence: queued.sequence, message: id, delivery: queued.storedDelivery)
+        )
+    }
+
+    /// Appends a change while the store holds this session.
+    private func recordLocked(_ change: @autoclosure () -> StoreChange) {
+        guard inStore, let storage else { return }
+        storage.store.append(change())
     }
 
     /// Detaches `oldConnection` if it is still the current one; returns whether it was.
@@ -121,6 +239,7 @@ public final class Session: @unchecked Sendable {
         lock.withLock {
             guard connection === oldConnection else { return false }
             connection = nil
+            recordLocked(.sessionDetached(clientID: clientID, at: wallClockSeconds(), expiryInterval: _expiryInterval))
             return true
         }
     }
@@ -141,8 +260,12 @@ public final class Session: @unchecked Sendable {
 
     // MARK: Delayed Will
 
-    func setPendingWill(_ will: RoutedMessage) {
-        lock.withLock { pendingWill = will }
+    /// `dueAt` is in seconds since 1970, for the store.
+    func setPendingWill(_ will: RoutedMessage, dueAt: Int64) {
+        lock.withLock {
+            pendingWill = (will, dueAt)
+            recordLocked(.willScheduled(clientID: clientID, message: will, dueAt: dueAt))
+        }
     }
 
     /// Takes the delayed Will, if it is still waiting (and, given `since`, only if no
@@ -150,19 +273,30 @@ public final class Session: @unchecked Sendable {
     func takePendingWill(since count: UInt64? = nil) -> RoutedMessage? {
         lock.withLock {
             if let count, attachments != count { return nil }
-            defer { pendingWill = nil }
-            return pendingWill
+            guard let will = pendingWill else { return nil }
+            pendingWill = nil
+            recordLocked(.willCancelled(clientID: clientID))
+            return will.message
         }
     }
 
     // MARK: Subscriptions
 
     func recordSubscription(_ entry: SubscriptionEntry, filter: MQTTTopicFilter) -> Bool {
-        lock.withLock { subscriptionFilters.updateValue(entry, forKey: filter.text) != nil }
+        lock.withLock {
+            recordLocked(
+                .subscriptionSaved(
+                    clientID: clientID, filter: filter.text, options: entry.options, identifier: entry.identifier))
+            return subscriptionFilters.updateValue(entry, forKey: filter.text) != nil
+        }
     }
 
     func forgetSubscription(filter: String) -> Bool {
-        lock.withLock { subscriptionFilters.removeValue(forKey: filter) != nil }
+        lock.withLock {
+            guard subscriptionFilters.removeValue(forKey: filter) != nil else { return false }
+            recordLocked(.subscriptionDeleted(clientID: clientID, filter: filter))
+            return true
+        }
     }
 
     func hasSubscription(_ filter: MQTTTopicFilter) -> Bool {
@@ -174,18 +308,47 @@ public final class Session: @unchecked Sendable {
 
     // MARK: Outbound
 
+    struct Enqueued {
+        var accepted = false
+        /// The connection to wake, if this is the first delivery since the last drain.
+        var wake: (any SessionConnection)?
+        /// The delivery was written to the store: an acknowledgement of it waits for the commit.
+        var stored = false
+    }
+
     /// Queues a delivery if `authorizer` lets this session's principal read its topic (checked
-    /// under the same lock, one lock per delivery). Returns whether it was accepted, and the
-    /// connection to wake if this is the first delivery since the last drain.
+    /// under the same lock, one lock per delivery). A persistent session stores the message,
+    /// once for all sessions: `message` carries its id back to the caller.
     func enqueue(
-        _ queued: QueuedMessage,
+        _ message: inout RoutedMessage,
+        _ delivery: StoredDelivery,
         readPermittedBy authorizer: any Authorizer
-    ) -> (accepted: Bool, wake: (any SessionConnection)?) {
+    ) -> Enqueued {
         lock.withLock {
-            guard readDecisions.decide(authorizer, _principal, .read, topic: queued.message.topic) == .accept else {
-                return (false, nil)
+            guard readDecisions.decide(authorizer, _principal, .read, topic: message.topic) == .accept else {
+                return Enqueued()
             }
-            return (true, enqueueLocked(queued))
+            var result = Enqueued(accepted: true)
+            var queued = QueuedMessage(
+                message: message, qos: delivery.qos, retain: delivery.retain,
+                subscriptionIdentifiers: delivery.subscriptionIdentifiers)
+            // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
+            if connection == nil && queued.qos == .atMostOnce { return result }
+            guard makeRoomLocked(for: queued) else { return result }
+            queued.sequence = nextSequence
+            nextSequence += 1
+            if inStore, queued.qos != .atMostOnce, let storage {
+                storage.save(&message)
+                queued.message.storedID = message.storedID
+                writeDeliveryLocked(&queued, to: storage)
+                result.stored = true
+            }
+            queue.append(queued)
+            if let connection, !drainScheduled {
+                drainScheduled = true
+                result.wake = connection
+            }
+            return result
         }
     }
 
@@ -194,36 +357,34 @@ public final class Session: @unchecked Sendable {
     func dropUnreadable(by authorizer: any Authorizer) -> Int {
         lock.withLock {
             let before = queue.count
-            let kept = queue.filter { authorizer.authorize(_principal, .read, topic: $0.message.topic) == .accept }
+            var kept = CircularBuffer<QueuedMessage>(initialCapacity: max(1, before))
+            for queued in queue {
+                if authorizer.authorize(_principal, .read, topic: queued.message.topic) == .accept {
+                    kept.append(queued)
+                } else {
+                    forgetDeliveryLocked(queued)
+                }
+            }
             guard kept.count != before else { return 0 }
-            queue = CircularBuffer(kept)
+            queue = kept
             return before - kept.count
         }
     }
 
-    /// Queues a delivery; returns the connection to wake if this is the first since its last
-    /// drain (the caller wakes it, batched per event loop).
-    private func enqueueLocked(_ queued: QueuedMessage) -> (any SessionConnection)? {
-        // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
-        if connection == nil && queued.qos == .atMostOnce { return nil }
-        if queue.count >= maximumQueuedMessages {
-            // Full: QoS 0 goes first, the new message's or the oldest queued one's.
-            if queued.qos == .atMostOnce {
-                recordDrop()
-                return nil
-            }
-            if let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) {
-                queue.remove(at: index)
-            } else {
-                recordDrop()
-                return nil
-            }
-            recordDrop()
+    /// Whether `queued` fits: a full queue drops QoS 0 first, the new message's or the oldest
+    /// queued one's.
+    private func makeRoomLocked(for queued: QueuedMessage) -> Bool {
+        guard queue.count >= maximumQueuedMessages else { return true }
+        recordDrop()
+        guard queued.qos != .atMostOnce, let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) else {
+            return false
         }
-        queue.append(queued)
-        guard let connection, !drainScheduled else { return nil }
-        drainScheduled = true
-        return connection
+        queue.remove(at: index)
+        return true
+    }
+
+    private func forgetDeliveryLocked(_ queued: QueuedMessage) {
+        if queued.qos != .atMostOnce { recordLocked(.deliveryDeleted(clientID: clientID, sequence: queued.sequence)) }
     }
 
     /// Takes what may be sent now: in-flight messages to resend, then queued messages while
@@ -234,7 +395,8 @@ public final class Session: @unchecked Sendable {
             var outgoing: [OutgoingPacket] = []
             if resendInflight {
                 resendInflight = false
-                for (identifier, entry) in inflight.sorted(by: { $0.value.sequence < $1.value.sequence }) {
+                for (identifier, entry) in inflight.sorted(by: { $0.value.queued.sequence < $1.value.queued.sequence })
+                {
                     outgoing.append(
                         entry.released
                             ? .pubrel(identifier)
@@ -244,6 +406,7 @@ public final class Session: @unchecked Sendable {
             while let next = queue.first {
                 if next.message.hasExpired(at: now) {
                     queue.removeFirst()
+                    forgetDeliveryLocked(next)
                     continue
                 }
                 if next.qos == .atMostOnce {
@@ -254,8 +417,8 @@ public final class Session: @unchecked Sendable {
                 guard inflight.count < receiveMaximum else { break }
                 queue.removeFirst()
                 let identifier = allocatePacketIdentifier()
-                inflight[identifier] = InflightMessage(queued: next, released: false, sequence: nextSequence)
-                nextSequence += 1
+                inflight[identifier] = InflightMessage(queued: next, released: false)
+                recordLocked(.deliverySent(clientID: clientID, sequence: next.sequence, packetIdentifier: identifier))
                 outgoing.append(.publish(next, packetIdentifier: identifier, duplicate: false))
             }
             return outgoing
@@ -279,14 +442,21 @@ public final class Session: @unchecked Sendable {
 
     /// PUBACK, or PUBCOMP, or a failed PUBREC: the message leaves the window.
     func completeOutbound(_ identifier: UInt16) -> Bool {
-        lock.withLock { inflight.removeValue(forKey: identifier) != nil }
+        lock.withLock {
+            guard let done = inflight.removeValue(forKey: identifier) else { return false }
+            forgetDeliveryLocked(done.queued)
+            return true
+        }
     }
 
     /// PUBREC: the message is delivered; PUBREL follows. Returns false for an unknown id.
     func releaseOutbound(_ identifier: UInt16) -> Bool {
         lock.withLock {
-            guard inflight[identifier] != nil else { return false }
-            inflight[identifier]?.released = true
+            guard let entry = inflight[identifier] else { return false }
+            if !entry.released {
+                inflight[identifier]?.released = true
+                recordLocked(.deliveryReleased(clientID: clientID, sequence: entry.queued.sequence))
+            }
             return true
         }
     }
@@ -308,11 +478,43 @@ public final class Session: @unchecked Sendable {
             if inboundQoS2.contains(identifier) { return .duplicate }
             guard inboundQoS2.count < limit else { return .overLimit }
             inboundQoS2.insert(identifier)
+            recordLocked(.inboundQoS2Received(clientID: clientID, packetIdentifier: identifier))
             return .new
         }
     }
 
     func releaseInboundQoS2(_ identifier: UInt16) -> Bool {
-        lock.withLock { inboundQoS2.remove(identifier) != nil }
+        lock.withLock {
+            guard inboundQoS2.remove(identifier) != nil else { return false }
+            recordLocked(.inboundQoS2Released(clientID: clientID, packetIdentifier: identifier))
+            return true
+        }
+    }
+}
+
+extension Session {
+    /// Fills a new session from the store at start-up; it comes back detached, and its
+    /// in-flight messages go out again (with DUP) when its client returns.
+    func restore(_ stored: RestoredBrokerState.Session, filters: [(MQTTTopicFilter, SubscriptionEntry)]) {
+        lock.withLock {
+            inStore = true
+            for (filter, entry) in filters { subscriptionFilters[filter.text] = entry }
+            inboundQoS2 = Set(stored.inboundQoS2)
+            for delivery in stored.deliveries {
+                var message = delivery.message
+                message.storedID = delivery.messageID
+                let queued = QueuedMessage(
+                    message: message, qos: delivery.delivery.qos, retain: delivery.delivery.retain,
+                    subscriptionIdentifiers: delivery.delivery.subscriptionIdentifiers, sequence: delivery.sequence)
+                switch delivery.state {
+                case .queued: queue.append(queued)
+                case .sent, .released:
+                    inflight[delivery.packetIdentifier] = InflightMessage(
+                        queued: queued, released: delivery.state == .released)
+                }
+                nextSequence = max(nextSequence, delivery.sequence + 1)
+            }
+            if let will = stored.will { pendingWill = will }
+        }
     }
 }

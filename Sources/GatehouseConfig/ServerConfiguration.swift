@@ -41,6 +41,21 @@ public struct ServerConfiguration: Sendable, Equatable {
         return (directory + "/ca.pem", directory + "/ca.key", true)
     }
     public var dataDirectory = "./data"
+    public var persistence = Persistence()
+
+    /// The broker's durable store: on by default, in its own file beside the IAM's.
+    public struct Persistence: Sendable, Equatable {
+        public var enabled = true
+        public var file: String?
+        /// "normal" survives a process crash; "full" also a power loss.
+        public var durability = "normal"
+        public var commitIntervalMilliseconds = 2
+        public static let durabilities = ["normal", "full"]
+    }
+
+    public var persistenceFile: String {
+        persistence.file ?? dataDirectory + "/broker.sqlite"
+    }
     public var allowAnonymous = false
     public var logLevel = "info"
     /// Seconds between `$SYS` updates; 0 turns them off.
@@ -241,8 +256,9 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 extension ServerConfiguration {
     private static let topLevelKeys = [
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
-        "iam_database", "acl", "acl_refused_publish", "http", "oauth", "enrollment",
+        "iam_database", "acl", "acl_refused_publish", "http", "oauth", "enrollment", "persistence",
     ]
+    fileprivate static let persistenceKeys = ["enabled", "file", "durability", "commit_interval_ms"]
     private static let enrollmentKeys = ["enabled", "ca_certificate", "ca_key", "validity_days"]
     private static let httpKeys = [
         "public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client", "service_user_token_lifetime",
@@ -346,6 +362,13 @@ extension ServerConfiguration {
                     default: configuration.jwksCAFile = try reader.string(oauthValue, name)
                     }
                 }
+            case "persistence":
+                // `persistence: off` (or on), or a mapping of its settings.
+                if case .mapping = value {
+                    try configuration.persistence.set(from: value, reader: reader)
+                } else {
+                    configuration.persistence.enabled = try reader.bool(value, key)
+                }
             case "data_dir": configuration.dataDirectory = try reader.string(value, key)
             case "allow_anonymous": configuration.allowAnonymous = try reader.bool(value, key)
             case "log_level":
@@ -396,6 +419,26 @@ extension ServerConfiguration {
             }
         }
         return configuration
+    }
+}
+
+extension ServerConfiguration.Persistence {
+    fileprivate mutating func set(from node: Node, reader: NodeReader) throws(ConfigurationError) {
+        for (keyNode, value) in try reader.mapping(node, "'persistence'") {
+            let name = try reader.key(
+                keyNode, allowed: ServerConfiguration.persistenceKeys, section: "persistence")
+            switch name {
+            case "enabled": enabled = try reader.bool(value, name)
+            case "file": file = try reader.string(value, name)
+            case "durability":
+                let choice = try reader.string(value, name)
+                guard Self.durabilities.contains(choice) else {
+                    throw reader.error(at: value, "'durability' must be normal or full")
+                }
+                durability = choice
+            default: commitIntervalMilliseconds = try reader.int(value, name, in: 0...1_000)
+            }
+        }
     }
 }
 

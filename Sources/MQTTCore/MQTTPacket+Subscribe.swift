@@ -53,12 +53,13 @@ extension MQTTPacket {
 }
 
 extension MQTTPacket.SubscriptionOptions {
-    func byte(version: MQTTProtocolVersion) -> UInt8 {
+    /// The options byte as a SUBSCRIBE carries it (also how the broker's store keeps them).
+    public func byte(version: MQTTProtocolVersion) -> UInt8 {
         guard version == .v5 else { return qos.rawValue }
         return qos.rawValue | (noLocal ? 0x04 : 0) | (retainAsPublished ? 0x08 : 0) | retainHandling.rawValue << 4
     }
 
-    init(byte: UInt8, version: MQTTProtocolVersion) throws(MQTTProtocolViolation) {
+    public init(byte: UInt8, version: MQTTProtocolVersion) throws(MQTTProtocolViolation) {
         let reservedMask: UInt8 = version == .v5 ? 0xC0 : 0xFC
         guard byte & reservedMask == 0 else { throw .invalidSubscriptionOptions(byte) }  // [MQTT-3.8.3-5]
         guard let qos = MQTTQoS(rawValue: byte & 0x03) else { throw .invalidQoS(byte & 0x03) }  // [MQTT-3-8.3-4]

@@ -64,6 +64,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
     var logLevel: LogLevel?
 
+    @Option(
+        help: "on: keep sessions and acknowledged messages in DATA_DIR/broker.sqlite (the default); off: memory only.")
+    var persistence: Switch?
+
     /// The file's settings with the flags applied over them.
     func resolvedConfiguration() throws -> ServerConfiguration {
         var settings = ServerConfiguration()
@@ -113,6 +117,7 @@ struct Serve: AsyncParsableCommand {
         if allowAnonymous { settings.allowAnonymous = true }
         if let acl { settings.aclFile = acl }
         if let logLevel { settings.logLevel = logLevel.rawValue }
+        if let persistence { settings.persistence.enabled = persistence == .on }
         return settings
     }
 
@@ -149,10 +154,15 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw ValidationError("the ACL has errors:\n\(error.description)")
         }
+        let brokerStore = try openBrokerStore(settings, logger: logger)
         let broker = Broker(
             configuration: settings.brokerConfiguration,
             authenticator: makeAuthenticator(settings, store: store, logger: logger),
-            authorizer: authorizer, logger: logger)
+            authorizer: authorizer, store: brokerStore, logger: logger)
+        if let brokerStore {
+            try restoreBroker(
+                broker, from: brokerStore, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+        }
         let (listeners, mqttUsesDevelopmentCertificates) = settings.resolvedListeners()
         let (httpListeners, httpUsesDevelopmentCertificates) = settings.resolvedHTTPListeners()
         let enrollmentFiles = settings.enrollmentAuthorityFiles
@@ -194,9 +204,9 @@ struct Serve: AsyncParsableCommand {
             reloadACL(aclFile, into: authorizer, broker: broker, logger: logger)
             server.reloadTLS()
         }
-        var services: [any Service] = [
-            server, reloader, RevocationEnforcer(store: store, broker: broker, logger: logger),
-        ]
+        // Services stop in reverse order: the broker store is first, so that it closes last.
+        var services: [any Service] = brokerStore.map { [BrokerStoreService(store: $0, logger: logger)] } ?? []
+        services += [server, reloader, RevocationEnforcer(store: store, broker: broker, logger: logger)]
         if !httpListeners.isEmpty {
             services.append(
                 try makeHTTPServer(
@@ -351,6 +361,10 @@ struct DataDirectory {
         }
         return file
     }
+}
+
+enum Switch: String, CaseIterable, ExpressibleByArgument {
+    case on, off
 }
 
 /// The swift-log levels, as a command-line value.

@@ -21,6 +21,11 @@ extension SubscriptionTrie {
 }
 
 extension Session {
+    func enqueue(_ queued: QueuedMessage, readPermittedBy authorizer: any Authorizer) -> Enqueued {
+        var message = queued.message
+        return enqueue(&message, queued.storedDelivery, readPermittedBy: authorizer)
+    }
+
     /// Enqueues with every read allowed; returns the connection to wake, if any.
     func enqueue(_ queued: QueuedMessage) -> (any SessionConnection)? {
         enqueue(queued, readPermittedBy: AllowAllAuthorizer()).wake

@@ -1,0 +1,387 @@
+import Foundation
+import GRDB
+public import GatehouseBroker
+public import Logging
+import MQTTCore
+public import NIOCore
+
+/// The broker's durable state in its own SQLite file (WAL): sessions, subscriptions, messages
+/// stored once with a row per session that holds them, inbound QoS 2 state, retained messages
+/// and delayed Wills.
+///
+/// One writer thread applies the broker's changes in order and commits them in groups: a
+/// batch closes after `commitInterval` or `maximumBatch` changes, whichever comes first, so
+/// one commit serves many messages. Event loops only append under a short lock.
+public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
+    public enum Durability: String, Sendable, CaseIterable {
+        /// Survives a crash of the process (SQLite `synchronous = NORMAL` in WAL mode).
+        case normal
+        /// Also survives a power loss: every commit is synced to the disk.
+        case full
+    }
+
+    public struct Settings: Sendable {
+        public var path: String
+        public var durability: Durability
+        public var commitInterval: TimeAmount
+        public var maximumBatch: Int
+
+        public init(
+            path: String, durability: Durability = .normal, commitInterval: TimeAmount = .milliseconds(2),
+            maximumBatch: Int = 512
+        ) {
+            self.path = path
+            self.durability = durability
+            self.commitInterval = commitInterval
+            self.maximumBatch = maximumBatch
+        }
+    }
+
+    /// Start-up refused: the file is damaged, unreadable or from a newer Gatehouse.
+    public struct StoreError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public let settings: Settings
+    let database: DatabaseQueue
+    private let logger: Logger
+    /// When the file last changed before this process opened it: the moment a crashed broker
+    /// lost the connections its sessions still had.
+    let lastChangedBeforeOpen: Int64
+
+    private let condition = NSCondition()
+    // Guarded by `condition`:
+    private var pending: [StoreChange] = []
+    /// The ticket of the batch now filling; every change appended is in it or an earlier one.
+    private var openTicket: UInt64 = 1
+    private var committedTicket: UInt64 = 0
+    private var waiters: [(ticket: UInt64, eventLoop: any EventLoop, body: @Sendable () -> Void)] = []
+    private var stopping = false
+    private var running = false
+    private var commits = 0
+    private var appliedChanges = 0
+
+    /// Opens (creating if needed) and migrates the store. A file that is not a Gatehouse store,
+    /// is damaged, or was written by a newer schema is refused with its name in the error.
+    public init(settings: Settings, logger: Logger) throws(StoreError) {
+        self.settings = settings
+        self.logger = logger
+        self.lastChangedBeforeOpen = Self.lastModification(of: settings.path)
+        var configuration = Configuration()
+        configuration.foreignKeysEnabled = false  // the writer deletes a session's rows itself
+        let synchronous = settings.durability == .full ? "FULL" : "NORMAL"
+        configuration.prepareDatabase { db in
+            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+        }
+        let path = settings.path
+        do {
+            database = try DatabaseQueue(path: path, configuration: configuration)
+            let migrator = Self.migrator
+            let superseded = try database.read { db in try migrator.hasBeenSuperseded(db) }
+            guard !superseded else {
+                throw StoreError(
+                    description: "the broker store '\(path)' was written by a newer Gatehouse; refusing to start")
+            }
+            try migrator.migrate(database)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(
+                description: "the broker store '\(path)' cannot be opened (damaged or not a Gatehouse store): \(error)")
+        }
+    }
+
+    public static func defaultPath(dataDirectory: String) -> String {
+        (dataDirectory as NSString).appendingPathComponent("broker.sqlite")
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("1-broker") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE session (
+                        client_id TEXT PRIMARY KEY NOT NULL,
+                        principal BLOB NOT NULL,
+                        expiry_interval INTEGER NOT NULL,
+                        detached_at INTEGER);
+                    CREATE TABLE subscription (
+                        client_id TEXT NOT NULL,
+                        filter TEXT NOT NULL,
+                        options INTEGER NOT NULL,
+                        identifier INTEGER,
+                        PRIMARY KEY (client_id, filter)) WITHOUT ROWID;
+                    CREATE TABLE message (
+                        id INTEGER PRIMARY KEY,
+                        wire BLOB NOT NULL,
+                        publisher TEXT,
+                        expires_at INTEGER);
+                    CREATE TABLE delivery (
+                        client_id TEXT NOT NULL,
+                        sequence INTEGER NOT NULL,
+                        message_id INTEGER NOT NULL,
+                        qos INTEGER NOT NULL,
+                        retain INTEGER NOT NULL,
+                        subscription_ids TEXT,
+                        state INTEGER NOT NULL DEFAULT 0,
+                        packet_id INTEGER NOT NULL DEFAULT 0,
+                        PRIMARY KEY (client_id, sequence)) WITHOUT ROWID;
+                    CREATE INDEX delivery_by_message ON delivery(message_id);
+                    CREATE TABLE inbound_qos2 (
+                        client_id TEXT NOT NULL,
+                        packet_id INTEGER NOT NULL,
+                        PRIMARY KEY (client_id, packet_id)) WITHOUT ROWID;
+                    CREATE TABLE retained (
+                        topic TEXT PRIMARY KEY NOT NULL,
+                        wire BLOB NOT NULL,
+                        publisher TEXT,
+                        expires_at INTEGER);
+                    CREATE TABLE will (
+                        client_id TEXT PRIMARY KEY NOT NULL,
+                        wire BLOB NOT NULL,
+                        publisher TEXT,
+                        expires_at INTEGER,
+                        due_at INTEGER NOT NULL);
+                    """)
+        }
+        return migrator
+    }
+
+    private static func lastModification(of path: String) -> Int64 {
+        let times = [path, path + "-wal"].compactMap { file -> Date? in
+            (try? FileManager.default.attributesOfItem(atPath: file))?[.modificationDate] as? Date
+        }
+        return Int64((times.max() ?? Date()).timeIntervalSince1970)
+    }
+
+    // MARK: BrokerStore
+
+    public func append(_ change: StoreChange) {
+        condition.lock()
+        pending.append(change)
+        if pending.count == 1 || pending.count == settings.maximumBatch { condition.signal() }
+        condition.unlock()
+    }
+
+    public func currentTicket() -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        return openTicket
+    }
+
+    public func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
+        condition.lock()
+        if committedTicket >= ticket {
+            condition.unlock()
+            eventLoop.execute(body)
+            return
+        }
+        waiters.append((ticket, eventLoop, body))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Commits and changes so far, for the status page and benchmarks.
+    public var counts: (commits: Int, changes: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        return (commits, appliedChanges)
+    }
+
+    // MARK: The writer
+
+    /// Starts the writer thread. Call after `load()`.
+    public func start() {
+        condition.lock()
+        running = true
+        condition.unlock()
+        let thread = Thread { [self] in runWriter() }
+        thread.name = "gatehouse-store-writer"
+        thread.start()
+    }
+
+    /// Commits everything appended so far, stops the writer and checkpoints the WAL into the
+    /// main file, as at shutdown.
+    public func close() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while running { condition.wait() }
+        condition.unlock()
+        do {
+            try database.writeWithoutTransaction { db in
+                _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+            }
+            try database.close()
+        } catch {
+            logger.error("broker store checkpoint failed", metadata: ["file": "\(settings.path)", "error": "\(error)"])
+        }
+    }
+
+    private func runWriter() {
+        while let (changes, ticket) = nextBatch() {
+            var failures = 0
+            while true {
+                do {
+                    if !changes.isEmpty { try database.write { db in try apply(changes, db) } }
+                    break
+                } catch {
+                    // Nothing is acknowledged meanwhile: publishers wait rather than lose messages.
+                    failures += 1
+                    if failures == 1 || failures % 60 == 0 {
+                        logger.error(
+                            "broker store commit failed; retrying",
+                            metadata: ["file": "\(settings.path)", "error": "\(error)", "attempts": "\(failures)"])
+                    }
+                    Thread.sleep(forTimeInterval: 1)
+                }
+            }
+            finish(ticket: ticket, changes: changes.count)
+        }
+        condition.lock()
+        running = false
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Waits for work, then lets the batch fill for up to `commitInterval`. Nil once stopping
+    /// with nothing left.
+    private func nextBatch() -> ([StoreChange], UInt64)? {
+        condition.lock()
+        defer { condition.unlock() }
+        while pending.isEmpty && !waiters.contains(where: { $0.ticket > committedTicket }) {
+            if stopping { return nil }
+            condition.wait()
+        }
+        let closesAt = Date(timeIntervalSinceNow: Double(settings.commitInterval.nanoseconds) / 1e9)
+        while !stopping && pending.count < settings.maximumBatch && condition.wait(until: closesAt) {}
+        let changes = pending
+        pending = []
+        pending.reserveCapacity(changes.count)
+        let ticket = openTicket
+        openTicket += 1
+        return (changes, ticket)
+    }
+
+    private func finish(ticket: UInt64, changes: Int) {
+        condition.lock()
+        committedTicket = ticket
+        if changes > 0 { commits += 1 }
+        appliedChanges += changes
+        var due: [(any EventLoop, @Sendable () -> Void)] = []
+        waiters.removeAll { waiter in
+            guard waiter.ticket <= ticket else { return false }
+            due.append((waiter.eventLoop, waiter.body))
+            return true
+        }
+        condition.unlock()
+        for (eventLoop, body) in due { eventLoop.execute(body) }
+    }
+
+    private func apply(_ changes: [StoreChange], _ db: Database) throws {
+        let now = StoredMessageCoding.Now()
+        var unreferenced: Set<Int64> = []
+        for change in changes {
+            switch change {
+            case .sessionOpened(let clientID, let principal, let expiryInterval):
+                try db.cachedStatement(
+                    sql: """
+                        INSERT INTO session (client_id, principal, expiry_interval, detached_at) VALUES (?, ?, ?, NULL)
+                        ON CONFLICT (client_id) DO UPDATE SET principal = excluded.principal,
+                            expiry_interval = excluded.expiry_interval, detached_at = NULL
+                        """
+                ).execute(arguments: [clientID, try JSONEncoder().encode(principal), Int64(expiryInterval)])
+            case .sessionDetached(let clientID, let at, let expiryInterval):
+                try db.cachedStatement(
+                    sql: "UPDATE session SET detached_at = ?, expiry_interval = ? WHERE client_id = ?"
+                ).execute(arguments: [at, Int64(expiryInterval), clientID])
+            case .sessionDeleted(let clientID):
+                let held = try Int64.fetchAll(
+                    db.cachedStatement(sql: "SELECT message_id FROM delivery WHERE client_id = ?"),
+                    arguments: [clientID])
+                unreferenced.formUnion(held)
+                for table in ["session", "subscription", "delivery", "inbound_qos2", "will"] {
+                    try db.cachedStatement(sql: "DELETE FROM \(table) WHERE client_id = ?").execute(arguments: [
+                        clientID
+                    ])
+                }
+            case .subscriptionSaved(let clientID, let filter, let options, let identifier):
+                try db.cachedStatement(
+                    sql:
+                        "INSERT OR REPLACE INTO subscription (client_id, filter, options, identifier) VALUES (?, ?, ?, ?)"
+                ).execute(arguments: [
+                    clientID, filter, Int64(options.byte(version: .v5)), identifier.map { Int64($0) },
+                ])
+            case .subscriptionDeleted(let clientID, let filter):
+                try db.cachedStatement(sql: "DELETE FROM subscription WHERE client_id = ? AND filter = ?")
+                    .execute(arguments: [clientID, filter])
+            case .messageSaved(let id, let message):
+                try db.cachedStatement(
+                    sql: "INSERT OR IGNORE INTO message (id, wire, publisher, expires_at) VALUES (?, ?, ?, ?)"
+                ).execute(arguments: [
+                    Int64(id), Data(try StoredMessageCoding.wire(message)), message.publisherClientID,
+                    StoredMessageCoding.expiry(of: message, now: now),
+                ])
+            case .deliveryQueued(let clientID, let sequence, let messageID, let delivery):
+                try db.cachedStatement(
+                    sql: """
+                        INSERT OR REPLACE INTO delivery (client_id, sequence, message_id, qos, retain, subscription_ids)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        """
+                ).execute(arguments: [
+                    clientID, Int64(sequence), Int64(messageID), Int64(delivery.qos.rawValue), delivery.retain,
+                    StoredMessageCoding.identifiers(delivery.subscriptionIdentifiers),
+                ])
+            case .deliverySent(let clientID, let sequence, let packetIdentifier):
+                try db.cachedStatement(
+                    sql: "UPDATE delivery SET state = 1, packet_id = ? WHERE client_id = ? AND sequence = ?"
+                ).execute(arguments: [Int64(packetIdentifier), clientID, Int64(sequence)])
+            case .deliveryReleased(let clientID, let sequence):
+                try db.cachedStatement(sql: "UPDATE delivery SET state = 2 WHERE client_id = ? AND sequence = ?")
+                    .execute(arguments: [clientID, Int64(sequence)])
+            case .deliveryDeleted(let clientID, let sequence):
+                if let messageID = try Int64.fetchOne(
+                    db.cachedStatement(
+                        sql: "DELETE FROM delivery WHERE client_id = ? AND sequence = ? RETURNING message_id"),
+                    arguments: [clientID, Int64(sequence)])
+                {
+                    unreferenced.insert(messageID)
+                }
+            case .inboundQoS2Received(let clientID, let packetIdentifier):
+                try db.cachedStatement(sql: "INSERT OR IGNORE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)")
+                    .execute(arguments: [clientID, Int64(packetIdentifier)])
+            case .inboundQoS2Released(let clientID, let packetIdentifier):
+                try db.cachedStatement(sql: "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?")
+                    .execute(arguments: [clientID, Int64(packetIdentifier)])
+            case .retainedSet(let message):
+                try db.cachedStatement(
+                    sql: "INSERT OR REPLACE INTO retained (topic, wire, publisher, expires_at) VALUES (?, ?, ?, ?)"
+                ).execute(arguments: [
+                    message.topic, Data(try StoredMessageCoding.wire(message)), message.publisherClientID,
+                    StoredMessageCoding.expiry(of: message, now: now),
+                ])
+            case .retainedCleared(let topic):
+                try db.cachedStatement(sql: "DELETE FROM retained WHERE topic = ?").execute(arguments: [topic])
+            case .willScheduled(let clientID, let message, let dueAt):
+                try db.cachedStatement(
+                    sql: """
+                        INSERT OR REPLACE INTO will (client_id, wire, publisher, expires_at, due_at)
+                        VALUES (?, ?, ?, ?, ?)
+                        """
+                ).execute(arguments: [
+                    clientID, Data(try StoredMessageCoding.wire(message)), message.publisherClientID,
+                    StoredMessageCoding.expiry(of: message, now: now), dueAt,
+                ])
+            case .willCancelled(let clientID):
+                try db.cachedStatement(sql: "DELETE FROM will WHERE client_id = ?").execute(arguments: [clientID])
+            }
+        }
+        // A message goes when the last session holding it lets go.
+        for id in unreferenced {
+            try db.cachedStatement(
+                sql: "DELETE FROM message WHERE id = ? AND NOT EXISTS (SELECT 1 FROM delivery WHERE message_id = ?)"
+            ).execute(arguments: [id, id])
+        }
+    }
+}
