@@ -202,6 +202,7 @@ let package = Package(
             name: "GatehousePersistenceTests",
             dependencies: [
                 "GatehousePersistence", "GatehouseBroker", "GatehouseAuth", "MQTTCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

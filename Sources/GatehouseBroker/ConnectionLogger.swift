@@ -4,7 +4,7 @@ public import NIOCore
 /// A connection's logger. Its remote address and client id are added only to the messages
 /// actually written: setting a `Logger`'s metadata makes the stream handler render all of it
 /// again, which cost more per CONNECT than the rest of the handler's bookkeeping.
-public struct ConnectionLogger {
+public struct ConnectionLogger: Sendable {
     public var base: Logger
     public var remote: SocketAddress?
     public var clientID: String?

@@ -147,8 +147,9 @@ public final class MQTTServer: Service {
 
     private func bind(_ listener: ListenAddress, tls: TLSContextHolder?) async throws -> any Channel {
         let limits = configuration.limits
-        var logger = self.logger
-        logger[metadataKey: "listener"] = "\(listener.kind.rawValue)"
+        var listenerLogger = self.logger
+        listenerLogger[metadataKey: "listener"] = "\(listener.kind.rawValue)"
+        let logger = listenerLogger
         let broker = self.broker
         let openConnections = self.openConnections
         return try await ServerBootstrap(group: group)

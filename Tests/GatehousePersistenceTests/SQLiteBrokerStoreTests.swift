@@ -1,1 +1,151 @@
+import Foundation
+import GRDB
+import GatehouseAuth
+import GatehouseBroker
+import GatehousePersistence
+import Logging
+import MQTTCore
+import NIOCore
+import NIOPosix
 import Testing
+
+@Suite("broker store on SQLite")
+struct SQLiteBrokerStoreTests {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("store-\(UUID().uuidString)")
+    var path: String { directory.appendingPathComponent("broker.sqlite").path }
+    let principal = Principal(identityID: "i", username: "u", clientIdentifier: "c", tenant: "t", roles: ["device"])
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    init() throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    private func open() throws -> SQLiteBrokerStore {
+        let store = try SQLiteBrokerStore(settings: .init(path: path), logger: logger)
+        return store
+    }
+
+    /// Appends `changes` and waits until the writer says they are committed.
+    private func commit(_ changes: [StoreChange], to store: SQLiteBrokerStore) async {
+        for change in changes { store.append(change) }
+        let ticket = store.currentTicket()
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            store.whenDurable(ticket, on: MultiThreadedEventLoopGroup.singleton.next()) { done.resume() }
+        }
+    }
+
+    private func rows(_ table: String) throws -> Int {
+        try DatabaseQueue(path: path).read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
+    }
+
+    private func message(_ topic: String, expiresIn seconds: Int64? = nil) -> RoutedMessage {
+        RoutedMessage(
+            topic: topic, payload: ByteBuffer(string: "payload of \(topic)"), qos: .atLeastOnce, retain: false,
+            forwardedProperties: [.contentType("text/plain"), .userProperty(name: "k", value: "v")],
+            publisherClientID: "publisher", expiresAt: seconds.map { .now() + .seconds($0) })
+    }
+
+    @Test("a message three sessions hold is stored once, and goes when the last lets go")
+    func messageStoredOnce() async throws {
+        let store = try open()
+        _ = try store.load()
+        store.start()
+        let delivery = StoredDelivery(qos: .atLeastOnce, retain: false, subscriptionIdentifiers: [4, 9])
+        var changes: [StoreChange] = [.messageSaved(1, message("a/b"))]
+        for client in ["c1", "c2", "c3"] {
+            changes.append(.sessionOpened(clientID: client, principal: principal, expiryInterval: 300))
+            changes.append(.deliveryQueued(clientID: client, sequence: 0, message: 1, delivery: delivery))
+        }
+        await commit(changes, to: store)
+        #expect(try rows("message") == 1 && rows("delivery") == 3)
+        await commit([.deliveryDeleted(clientID: "c1", sequence: 0), .sessionDeleted(clientID: "c2")], to: store)
+        #expect(try rows("message") == 1 && rows("delivery") == 1)
+        await commit([.deliveryDeleted(clientID: "c3", sequence: 0)], to: store)
+        #expect(try rows("message") == 0 && rows("delivery") == 0)
+        store.close()
+    }
+
+    @Test("what was committed comes back: sessions, subscriptions, delivery states, QoS 2 ids, retained, wills")
+    func roundTrip() async throws {
+        let store = try open()
+        _ = try store.load()
+        store.start()
+        let options = MQTTPacket.SubscriptionOptions(qos: .exactlyOnce, noLocal: true, retainHandling: .doNotSend)
+        let plain = StoredDelivery(qos: .atLeastOnce, retain: false, subscriptionIdentifiers: [])
+        await commit(
+            [
+                .sessionOpened(clientID: "c", principal: principal, expiryInterval: 600),
+                .subscriptionSaved(clientID: "c", filter: "a/#", options: options, identifier: 12),
+                .subscriptionSaved(clientID: "c", filter: "gone", options: options, identifier: nil),
+                .subscriptionDeleted(clientID: "c", filter: "gone"),
+                .messageSaved(1, message("a/1", expiresIn: 3_600)),
+                .messageSaved(2, message("a/2")),
+                .messageSaved(3, message("a/3", expiresIn: 1)),
+                .deliveryQueued(clientID: "c", sequence: 5, message: 1, delivery: plain),
+                .deliveryQueued(clientID: "c", sequence: 6, message: 2, delivery: plain),
+                .deliveryQueued(clientID: "c", sequence: 7, message: 3, delivery: plain),
+                .deliverySent(clientID: "c", sequence: 5, packetIdentifier: 41),
+                .deliveryReleased(clientID: "c", sequence: 5),
+                .inboundQoS2Received(clientID: "c", packetIdentifier: 3),
+                .inboundQoS2Received(clientID: "c", packetIdentifier: 4),
+                .inboundQoS2Released(clientID: "c", packetIdentifier: 3),
+                .retainedSet(message("r/1")),
+                .retainedSet(message("r/2")),
+                .retainedCleared(topic: "r/2"),
+                .willScheduled(clientID: "c", message: message("w"), dueAt: 2_000_000_000),
+                .sessionDetached(clientID: "c", at: Int64(Date().timeIntervalSince1970), expiryInterval: 600),
+            ], to: store)
+        store.close()
+        try await Task.sleep(for: .milliseconds(1_100))  // message 3 expires meanwhile
+
+        let state = try open().load()
+        #expect(state.sessions.count == 1 && state.retained.map(\.topic) == ["r/1"])
+        let session = try #require(state.sessions.first)
+        #expect(session.principal == principal && session.expiryInterval == 600)
+        #expect(session.subscriptions.map(\.filter) == ["a/#"])
+        #expect(session.subscriptions.first?.options == options && session.subscriptions.first?.identifier == 12)
+        #expect(session.deliveries.map(\.sequence) == [5, 6], "the expired queued message is purged")
+        #expect(session.deliveries.first?.state == .released && session.deliveries.first?.packetIdentifier == 41)
+        #expect(session.inboundQoS2 == [4])
+        #expect(session.will?.dueAt == 2_000_000_000 && session.will?.message.topic == "w")
+        let restored = try #require(session.deliveries.first?.message)
+        #expect(restored.payload == ByteBuffer(string: "payload of a/1") && restored.publisherClientID == "publisher")
+        #expect(restored.forwardedProperties == [.contentType("text/plain"), .userProperty(name: "k", value: "v")])
+        let remaining = try #require(restored.expiresAt) - .now()
+        #expect(remaining > .seconds(3_590) && remaining <= .seconds(3_600))
+        #expect(state.nextMessageID == 3)
+    }
+
+    @Test("a session whose expiry passed while the broker was down is purged with everything it held")
+    func expiredSessionPurged() async throws {
+        let store = try open()
+        _ = try store.load()
+        store.start()
+        let longAgo = Int64(Date().timeIntervalSince1970) - 100
+        await commit(
+            [
+                .sessionOpened(clientID: "old", principal: principal, expiryInterval: 60),
+                .messageSaved(1, message("x")),
+                .deliveryQueued(
+                    clientID: "old", sequence: 0, message: 1,
+                    delivery: StoredDelivery(qos: .atLeastOnce, retain: false, subscriptionIdentifiers: [])),
+                .sessionDetached(clientID: "old", at: longAgo, expiryInterval: 60),
+                .sessionOpened(clientID: "forever", principal: principal, expiryInterval: UInt32.max),
+                .sessionDetached(clientID: "forever", at: longAgo, expiryInterval: UInt32.max),
+            ], to: store)
+        store.close()
+        let state = try open().load()
+        #expect(state.sessions.map(\.clientID) == ["forever"])
+        #expect(try rows("message") == 0 && rows("delivery") == 0)
+    }
+
+    @Test("a file that is not a store is refused, naming it")
+    func damagedFile() throws {
+        try Data(repeating: 0x5A, count: 8_192).write(to: URL(fileURLWithPath: path))
+        #expect {
+            _ = try SQLiteBrokerStore(settings: .init(path: path), logger: logger).load()
+        } throws: { error in
+            String(describing: error).contains(path)
+        }
+    }
+}

@@ -1,5 +1,5 @@
 """A 5.0 client that is still writing when the broker ends its connection must read the
-DISCONNECT reason, not a reset. Raw socket, packets built here from the MQTT 5.0 spec.
+DISCONNECT reason, not a reset. Raw socket, packets built by hand (mqtt_wire.py).
 
 Usage: disconnect_drain.py PORT. Prints 'ok' and exits 0, or says what went wrong and exits 1.
 """
@@ -8,25 +8,9 @@ import socket
 import sys
 import time
 
+from mqtt_wire import packet, utf8
+
 PORT = int(sys.argv[1])
-
-
-def remaining_length(length):
-    encoded = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        encoded.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(encoded)
-
-
-def packet(first_byte, body):
-    return bytes([first_byte]) + remaining_length(len(body)) + body
-
-
-def utf8(text):
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
 
 
 # CONNECT: protocol name, level 5, clean start, keep-alive 30, no properties, client id.
