@@ -4,6 +4,34 @@ public import Logging
 public import MQTTCore
 public import NIOCore
 
+/// Topic aliases from the broker to a 5.0 client, within the Topic Alias Maximum it announced.
+///
+/// The first topics delivered take the aliases and keep them for the connection; later topics
+/// go out in full. A fleet's subscriber sees a small, stable set of topics, so first come is as
+/// good as least-recently-used there, and costs one dictionary lookup per delivery instead of
+/// bookkeeping and re-sent topics on every replacement.
+struct OutboundTopicAliases {
+    let maximum: UInt16
+    private var aliases: [String: UInt16] = [:]
+
+    init(maximum: UInt16) { self.maximum = maximum }
+
+    var count: Int { aliases.count }
+
+    /// The alias to send `topic` with, and whether this packet introduces it (and so must carry
+    /// the topic too); nil when the client takes no aliases or all are taken by other topics.
+    func alias(for topic: String) -> (alias: UInt16, isNew: Bool)? {
+        guard maximum > 0 else { return nil }
+        if let known = aliases[topic] { return (known, false) }
+        guard aliases.count < Int(maximum) else { return nil }
+        return (UInt16(aliases.count + 1), true)
+    }
+
+    mutating func assign(_ alias: UInt16, to topic: String) {
+        aliases[topic] = alias
+    }
+}
+
 /// One client connection: the MQTT protocol from CONNECT to close, on the connection's event
 /// loop. Broker-wide state (sessions, subscriptions, retained messages) lives in `Broker`.
 public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnection, @unchecked Sendable {
@@ -27,6 +55,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         var inboundTopicAliases: [UInt16: String] = [:]
         /// The client's Maximum Packet Size: larger messages are not sent to it. [MQTT-3.1.2-24]
         var clientMaximumPacketSize: Int
+        var outboundTopicAliases: OutboundTopicAliases
     }
 
     // Only touched on the event loop (hence @unchecked Sendable for the protocol's sake).
@@ -296,7 +325,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 session: opened.session,
                 principal: principal,
                 will: connect.will,
-                clientMaximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32.max)
+                clientMaximumPacketSize: Int(connect.properties.maximumPacketSize ?? UInt32.max),
+                outboundTopicAliases: OutboundTopicAliases(
+                    maximum: version == .v5 ? connect.properties.topicAliasMaximum ?? 0 : 0)
             ))
 
         var properties: [MQTTProperty] = []
@@ -558,8 +589,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     /// Nothing is taken while the channel is not writable, so a slow reader's backlog stays in
     /// its bounded session queue (QoS 0 dropped first) instead of the socket's buffers.
     public func sessionHasOutput() {
-        guard case .connected(let connected) = state, let context, context.channel.isWritable, heldSubAcks == 0
+        guard case .connected(var connected) = state, let context, context.channel.isWritable, heldSubAcks == 0
         else { return }
+        let aliasesBefore = connected.outboundTopicAliases.count
         let now = NIODeadline.now()
         let outgoing = connected.session.takeOutgoing(now: now)
         guard !outgoing.isEmpty else { return }
@@ -570,7 +602,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 try? MQTTPacket.pubrel(.init(packetIdentifier: identifier)).write(
                     to: &buffer, version: connected.version)
             case .publish(let queued, let identifier, let duplicate):
-                if queued.qos == .atMostOnce, !queued.retain,
+                if queued.qos == .atMostOnce, !queued.retain, connected.outboundTopicAliases.maximum == 0,
                     connected.version == .v311 || queued.subscriptionIdentifiers.isEmpty,
                     let shared = queued.message.sharedForms?.bytes(for: connected.version)
                 {
@@ -580,27 +612,34 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                     tally.bytesSent += queued.message.payload.readableBytes
                     continue
                 }
-                let publish = MQTTPacket.publish(
-                    queued.message.packet(
-                        qos: queued.qos,
-                        retain: queued.retain,
-                        packetIdentifier: identifier,
-                        duplicate: duplicate,
-                        subscriptionIdentifiers: connected.version == .v5 ? queued.subscriptionIdentifiers : [],
-                        now: now
-                    ))
+                var publish = queued.message.packet(
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    packetIdentifier: identifier,
+                    duplicate: duplicate,
+                    subscriptionIdentifiers: connected.version == .v5 ? queued.subscriptionIdentifiers : [],
+                    now: now
+                )
+                let alias = connected.outboundTopicAliases.alias(for: publish.topicName)
+                if let alias {
+                    publish.properties.items.append(.topicAlias(alias.alias))
+                    if !alias.isNew { publish.topicName = "" }
+                }
                 let start = buffer.writerIndex
-                let written = (try? publish.write(to: &buffer, version: connected.version)) != nil
+                let written = (try? MQTTPacket.publish(publish).write(to: &buffer, version: connected.version)) != nil
                 guard written, buffer.writerIndex - start <= connected.clientMaximumPacketSize else {
                     // Too large for this client: dropped as if delivered. [MQTT-3.1.2-25]
                     buffer.moveWriterIndex(to: start)
                     if queued.qos != .atMostOnce { _ = connected.session.completeOutbound(identifier) }
                     continue
                 }
+                // The client knows the alias only once a packet carrying it with the topic went out.
+                if let alias, alias.isNew { connected.outboundTopicAliases.assign(alias.alias, to: publish.topicName) }
                 tally.messagesSent += 1
                 tally.bytesSent += queued.message.payload.readableBytes
             }
         }
+        if connected.outboundTopicAliases.count != aliasesBefore { state = .connected(connected) }
         guard buffer.readableBytes > 0 else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
         flushOrDefer(context)

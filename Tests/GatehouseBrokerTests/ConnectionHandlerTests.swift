@@ -295,6 +295,38 @@ struct ConnectionHandlerTests {
         #expect(try await publisher.receive() == .disconnect(.init(reasonCode: .protocolError)))
     }
 
+    @Test("outbound topic aliases: the first topics take the client's aliases, later ones go in full")
+    func outboundTopicAliases() async throws {
+        let broker = makeBroker()
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "s", properties: [.topicAliasMaximum(2)])
+        _ = try await subscriber.subscribe("fleet/#", qos: .atLeastOnce)
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "p")
+        let topics = ["fleet/a", "fleet/b", "fleet/c", "fleet/a", "fleet/b", "fleet/c"]
+        for (index, topic) in topics.enumerated() {
+            try await publisher.send(
+                .publish(.init(topicName: topic, payload: ByteBuffer(string: "\(index)"), qos: .atMostOnce)))
+        }
+        var seen: [(topic: String, alias: UInt16?)] = []
+        for _ in topics {
+            guard case .publish(let delivered) = try await subscriber.receive() else {
+                throw TestFailure("expected PUBLISH")
+            }
+            seen.append((delivered.topicName, delivered.properties.topicAlias))
+        }
+        #expect(seen.map(\.topic) == ["fleet/a", "fleet/b", "fleet/c", "", "", "fleet/c"])
+        #expect(seen.map(\.alias) == [1, 2, nil, 1, 2, nil])
+
+        // A client that announced no maximum never gets an alias.
+        let plain = try await TestConnection(broker: broker)
+        try await plain.connect(clientID: "plain")
+        _ = try await plain.subscribe("fleet/#", qos: .atMostOnce)
+        try await publisher.send(.publish(.init(topicName: "fleet/a", payload: ByteBuffer(string: "x"))))
+        guard case .publish(let delivered) = try await plain.receive() else { throw TestFailure("expected PUBLISH") }
+        #expect(delivered.topicName == "fleet/a" && delivered.properties.topicAlias == nil)
+    }
+
     @Test("a topic alias above the announced maximum gets DISCONNECT 0x94")
     func topicAliasTooLarge() async throws {
         let client = try await TestConnection(broker: makeBroker())
