@@ -381,6 +381,7 @@ public final class Broker: Sendable {
             guard let chosen, let session = chosen.session else { continue }
             reached += enqueue(&message, Delivery(chosen), to: session, into: &batch)
         }
+        if let id = message.storedID { storage?.store.append(.messageRouted(id)) }
         return reached
     }
 

@@ -185,11 +185,16 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private func releaseAcknowledgements(through ticket: UInt64) {
         if highestHeldTicket <= ticket { highestHeldTicket = 0 }
         let releasedSubAck = heldSubAcks > 0
+        // Written as one batch, flushed once: a commit releases many acknowledgements.
+        guard let context, case .connected(let connected) = state else { return }
+        var released = false
         while let first = heldAcknowledgements.first, first.ticket <= ticket {
             heldAcknowledgements.removeFirst()
             if case .suback = first.packet { heldSubAcks -= 1 }
-            send(first.packet)
+            write(first.packet, version: connected.version, context: context)
+            released = true
         }
+        if released { flushOrDefer(context) }
         if releasedSubAck && heldSubAcks == 0 { sessionHasOutput() }
     }
 

@@ -31,6 +31,8 @@ public enum StoreChange: Sendable {
     case subscriptionDeleted(clientID: String, filter: String)
     /// A message some persistent session holds, stored once however many do.
     case messageSaved(StoredMessageID, RoutedMessage)
+    /// Routing of the message is done: every delivery that refers to it has been appended.
+    case messageRouted(StoredMessageID)
     /// A message queued for a session, as its `sequence`-th delivery.
     case deliveryQueued(clientID: String, sequence: UInt64, message: StoredMessageID, delivery: StoredDelivery)
     /// Sent with `packetIdentifier`, not yet acknowledged.

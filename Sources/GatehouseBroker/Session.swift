@@ -206,18 +206,25 @@ public final class Session: @unchecked Sendable {
             store.append(.inboundQoS2Received(clientID: clientID, packetIdentifier: identifier))
         }
         for (identifier, var entry) in inflight {
-            writeDeliveryLocked(&entry.queued, to: storage)
+            writeWholeDeliveryLocked(&entry.queued, to: storage)
             store.append(
                 .deliverySent(clientID: clientID, sequence: entry.queued.sequence, packetIdentifier: identifier))
             if entry.released { store.append(.deliveryReleased(clientID: clientID, sequence: entry.queued.sequence)) }
             inflight[identifier] = entry
         }
         for index in queue.indices where queue[index].qos != .atMostOnce {
-            writeDeliveryLocked(&queue[index], to: storage)
+            writeWholeDeliveryLocked(&queue[index], to: storage)
         }
         if let pendingWill {
             store.append(.willScheduled(clientID: clientID, message: pendingWill.message, dueAt: pendingWill.dueAt))
         }
+    }
+
+    /// Writes a delivery that was only in memory; its message is written again too (the store
+    /// ignores a message it has), as the store may have left it out while nothing held it.
+    private func writeWholeDeliveryLocked(_ queued: inout QueuedMessage, to storage: SessionStorage) {
+        if let id = queued.message.storedID { storage.store.append(.messageSaved(id, queued.message)) }
+        writeDeliveryLocked(&queued, to: storage)
     }
 
     private func writeDeliveryLocked(_ queued: inout QueuedMessage, to storage: SessionStorage) {

@@ -49,7 +49,7 @@ public struct ServerConfiguration: Sendable, Equatable {
         public var file: String?
         /// "normal" survives a process crash; "full" also a power loss.
         public var durability = "normal"
-        public var commitIntervalMilliseconds = 2
+        public var commitIntervalMicroseconds = 0
         public static let durabilities = ["normal", "full"]
     }
 
@@ -258,7 +258,7 @@ extension ServerConfiguration {
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
         "iam_database", "acl", "acl_refused_publish", "http", "oauth", "enrollment", "persistence",
     ]
-    fileprivate static let persistenceKeys = ["enabled", "file", "durability", "commit_interval_ms"]
+    fileprivate static let persistenceKeys = ["enabled", "file", "durability", "commit_interval_us"]
     private static let enrollmentKeys = ["enabled", "ca_certificate", "ca_key", "validity_days"]
     private static let httpKeys = [
         "public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client", "service_user_token_lifetime",
@@ -436,7 +436,7 @@ extension ServerConfiguration.Persistence {
                     throw reader.error(at: value, "'durability' must be normal or full")
                 }
                 durability = choice
-            default: commitIntervalMilliseconds = try reader.int(value, name, in: 0...1_000)
+            default: commitIntervalMicroseconds = try reader.int(value, name, in: 0...1_000_000)
             }
         }
     }

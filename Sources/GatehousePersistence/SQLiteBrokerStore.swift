@@ -27,7 +27,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         public var maximumBatch: Int
 
         public init(
-            path: String, durability: Durability = .normal, commitInterval: TimeAmount = .milliseconds(2),
+            path: String, durability: Durability = .normal, commitInterval: TimeAmount = .zero,
             maximumBatch: Int = 512
         ) {
             self.path = path
@@ -58,8 +58,16 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     private var waiters: [(ticket: UInt64, eventLoop: any EventLoop, body: @Sendable () -> Void)] = []
     private var stopping = false
     private var running = false
+    /// The writer waits for a batch to begin; while it lets one fill, appends need not wake it.
+    private var writerIdle = false
     private var commits = 0
     private var appliedChanges = 0
+    // Writer thread only:
+    /// Messages that lost their last delivery in the previous batch, deleted in this one if
+    /// still unheld: a message's deliveries may span two batches.
+    private var collectNext: Set<Int64> = []
+    /// Changes that reached SQL after coalescing.
+    private var writtenChanges = 0
 
     /// Opens (creating if needed) and migrates the store. A file that is not a Gatehouse store,
     /// is damaged, or was written by a newer schema is refused with its name in the error.
@@ -160,7 +168,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     public func append(_ change: StoreChange) {
         condition.lock()
         pending.append(change)
-        if pending.count == 1 || pending.count == settings.maximumBatch { condition.signal() }
+        if writerIdle || pending.count == settings.maximumBatch { condition.signal() }
         condition.unlock()
     }
 
@@ -178,7 +186,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
             return
         }
         waiters.append((ticket, eventLoop, body))
-        condition.signal()
+        if writerIdle { condition.signal() }
         condition.unlock()
     }
 
@@ -208,7 +216,11 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         stopping = true
         condition.broadcast()
         while running { condition.wait() }
+        let (commits, changes) = (self.commits, appliedChanges)
         condition.unlock()
+        logger.info(
+            "broker store writer stopped",
+            metadata: ["commits": "\(commits)", "changes": "\(changes)", "written": "\(writtenChanges)"])
         do {
             try database.writeWithoutTransaction { db in
                 _ = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)")
@@ -224,7 +236,14 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
             var failures = 0
             while true {
                 do {
-                    if !changes.isEmpty { try database.write { db in try apply(changes, db) } }
+                    if !changes.isEmpty || !collectNext.isEmpty {
+                        let (kept, unheld) = BatchCoalescing.coalesce(changes)
+                        writtenChanges += kept.count
+                        let collect = collectNext
+                        collectNext = try database.write { db in
+                            try apply(kept, db, collecting: collect).union(unheld.map { Int64($0) })
+                        }
+                    }
                     break
                 } catch {
                     // Nothing is acknowledged meanwhile: publishers wait rather than lose messages.
@@ -239,6 +258,10 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
             }
             finish(ticket: ticket, changes: changes.count)
         }
+        if !collectNext.isEmpty {
+            let collect = collectNext
+            _ = try? database.write { db in try apply([], db, collecting: collect) }
+        }
         condition.lock()
         running = false
         condition.broadcast()
@@ -252,13 +275,14 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         defer { condition.unlock() }
         while pending.isEmpty && !waiters.contains(where: { $0.ticket > committedTicket }) {
             if stopping { return nil }
+            writerIdle = true
             condition.wait()
+            writerIdle = false
         }
         let closesAt = Date(timeIntervalSinceNow: Double(settings.commitInterval.nanoseconds) / 1e9)
         while !stopping && pending.count < settings.maximumBatch && condition.wait(until: closesAt) {}
         let changes = pending
         pending = []
-        pending.reserveCapacity(changes.count)
         let ticket = openTicket
         openTicket += 1
         return (changes, ticket)
@@ -269,17 +293,22 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         committedTicket = ticket
         if changes > 0 { commits += 1 }
         appliedChanges += changes
-        var due: [(any EventLoop, @Sendable () -> Void)] = []
+        // One task per event loop, however many of its connections waited for this commit.
+        var due: [ObjectIdentifier: (any EventLoop, [@Sendable () -> Void])] = [:]
         waiters.removeAll { waiter in
             guard waiter.ticket <= ticket else { return false }
-            due.append((waiter.eventLoop, waiter.body))
+            due[ObjectIdentifier(waiter.eventLoop), default: (waiter.eventLoop, [])].1.append(waiter.body)
             return true
         }
         condition.unlock()
-        for (eventLoop, body) in due { eventLoop.execute(body) }
+        for (eventLoop, bodies) in due.values {
+            eventLoop.execute { for body in bodies { body() } }
+        }
     }
 
-    private func apply(_ changes: [StoreChange], _ db: Database) throws {
+    /// Applies the changes, deletes the messages of `collect` that nothing holds any more, and
+    /// returns those whose last holder this batch deleted.
+    private func apply(_ changes: [StoreChange], _ db: Database, collecting collect: Set<Int64>) throws -> Set<Int64> {
         let now = StoredMessageCoding.Now()
         var unreferenced: Set<Int64> = []
         for change in changes {
@@ -375,13 +404,16 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                 ])
             case .willCancelled(let clientID):
                 try db.cachedStatement(sql: "DELETE FROM will WHERE client_id = ?").execute(arguments: [clientID])
+            case .messageRouted:
+                break
             }
         }
-        // A message goes when the last session holding it lets go.
-        for id in unreferenced {
+        // A message goes when the last session holding it has let go.
+        for id in collect {
             try db.cachedStatement(
                 sql: "DELETE FROM message WHERE id = ? AND NOT EXISTS (SELECT 1 FROM delivery WHERE message_id = ?)"
             ).execute(arguments: [id, id])
         }
+        return unreferenced
     }
 }

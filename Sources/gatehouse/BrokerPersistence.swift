@@ -18,7 +18,7 @@ func openBrokerStore(_ settings: ServerConfiguration, logger: Logger) throws -> 
             settings: .init(
                 path: settings.persistenceFile,
                 durability: SQLiteBrokerStore.Durability(rawValue: settings.persistence.durability) ?? .normal,
-                commitInterval: .milliseconds(Int64(settings.persistence.commitIntervalMilliseconds))),
+                commitInterval: .microseconds(Int64(settings.persistence.commitIntervalMicroseconds))),
             logger: logger)
     } catch {
         throw ValidationError(error.description)

@@ -143,6 +143,33 @@ struct ServerConfigurationTests {
         }
     }
 
+    @Test("persistence: on by default beside the IAM, 'off' as a scalar, or its settings")
+    func persistence() throws {
+        let defaults = ServerConfiguration()
+        #expect(defaults.persistence.enabled && defaults.persistenceFile == "./data/broker.sqlite")
+        #expect(try !ServerConfiguration.parse("persistence: off", file: "g.yaml").persistence.enabled)
+        let text = """
+            data_dir: /var/lib/gatehouse
+            persistence: {durability: full, commit_interval_us: 500, file: /srv/broker.db}
+            """
+        let configured = try ServerConfiguration.parse(text, file: "g.yaml")
+        #expect(configured.persistence.enabled && configured.persistence.durability == "full")
+        #expect(
+            configured.persistence.commitIntervalMicroseconds == 500 && configured.persistenceFile == "/srv/broker.db")
+        for (bad, message) in [
+            ("persistence: {durability: sometimes}", "g.yaml:1:27: 'durability' must be normal or full"),
+            ("persistence: {wal: true}", "g.yaml:1:15: unknown key 'wal' in 'persistence'"),
+            ("persistence: maybe", "g.yaml:1:14: 'persistence' must be true or false"),
+        ] {
+            do {
+                _ = try ServerConfiguration.parse(bad, file: "g.yaml")
+                Issue.record("accepted \(bad)")
+            } catch {
+                #expect(error.description.hasPrefix(message), "\(error.description)")
+            }
+        }
+    }
+
     @Test("an empty file keeps every default")
     func empty() throws {
         #expect(try ServerConfiguration.parse("", file: "g.yaml") == ServerConfiguration())

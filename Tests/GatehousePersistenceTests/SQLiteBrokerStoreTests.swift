@@ -2,12 +2,13 @@ import Foundation
 import GRDB
 import GatehouseAuth
 import GatehouseBroker
-import GatehousePersistence
 import Logging
 import MQTTCore
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import GatehousePersistence
 
 @Suite("broker store on SQLite")
 struct SQLiteBrokerStoreTests {
@@ -61,7 +62,10 @@ struct SQLiteBrokerStoreTests {
         await commit([.deliveryDeleted(clientID: "c1", sequence: 0), .sessionDeleted(clientID: "c2")], to: store)
         #expect(try rows("message") == 1 && rows("delivery") == 1)
         await commit([.deliveryDeleted(clientID: "c3", sequence: 0)], to: store)
-        #expect(try rows("message") == 0 && rows("delivery") == 0)
+        #expect(try rows("delivery") == 0)
+        // Collected one batch later: a message's deliveries may span two batches.
+        await commit([], to: store)
+        #expect(try rows("message") == 0)
         store.close()
     }
 
@@ -147,5 +151,61 @@ struct SQLiteBrokerStoreTests {
         } throws: { error in
             String(describing: error).contains(path)
         }
+    }
+}
+
+@Suite("batch coalescing")
+struct BatchCoalescingTests {
+    let delivery = StoredDelivery(qos: .atLeastOnce, retain: false, subscriptionIdentifiers: [])
+    let message = RoutedMessage(topic: "t", payload: ByteBuffer(string: "x"), qos: .atLeastOnce, retain: false)
+
+    func summary(_ changes: [StoreChange]) -> [String] {
+        changes.map { change in
+            switch change {
+            case .messageSaved(let id, _): "saved \(id)"
+            case .deliveryQueued(let client, let sequence, _, _): "queued \(client)#\(sequence)"
+            case .deliverySent(let client, let sequence, _): "sent \(client)#\(sequence)"
+            case .deliveryDeleted(let client, let sequence): "deleted \(client)#\(sequence)"
+            case .sessionDetached(let client, _, _): "detached \(client)"
+            default: "other"
+            }
+        }
+    }
+
+    @Test("a delivery queued, sent and acknowledged within one batch writes nothing, nor does its message")
+    func cancelsOut() {
+        let (kept, unheld) = BatchCoalescing.coalesce([
+            .messageSaved(1, message), .deliveryQueued(clientID: "a", sequence: 0, message: 1, delivery: delivery),
+            .messageRouted(1), .deliverySent(clientID: "a", sequence: 0, packetIdentifier: 1),
+            .sessionDetached(clientID: "b", at: 0, expiryInterval: 9), .deliveryDeleted(clientID: "a", sequence: 0),
+        ])
+        #expect(summary(kept) == ["detached b"] && unheld.isEmpty)
+    }
+
+    @Test("a message another delivery still holds is kept; one routed partly in the next batch is kept and collected")
+    func keepsWhatIsHeld() {
+        let (held, _) = BatchCoalescing.coalesce([
+            .messageSaved(1, message), .deliveryQueued(clientID: "a", sequence: 0, message: 1, delivery: delivery),
+            .deliveryQueued(clientID: "b", sequence: 0, message: 1, delivery: delivery), .messageRouted(1),
+            .deliveryDeleted(clientID: "a", sequence: 0),
+        ])
+        #expect(summary(held) == ["saved 1", "queued b#0"])
+        let (split, unheld) = BatchCoalescing.coalesce([
+            .messageSaved(2, message), .deliveryQueued(clientID: "a", sequence: 1, message: 2, delivery: delivery),
+            .deliveryDeleted(clientID: "a", sequence: 1),
+        ])
+        #expect(summary(split) == ["saved 2"] && unheld == [2])
+    }
+}
+
+extension BatchCoalescingTests {
+    @Test("a delivery queued in an earlier batch and acknowledged in this one is only deleted")
+    func sentThenDeleted() {
+        let (kept, _) = BatchCoalescing.coalesce([
+            .deliverySent(clientID: "a", sequence: 3, packetIdentifier: 1),
+            .deliveryDeleted(clientID: "a", sequence: 3),
+            .deliverySent(clientID: "a", sequence: 4, packetIdentifier: 2),
+        ])
+        #expect(summary(kept) == ["deleted a#3", "sent a#4"])
     }
 }
