@@ -159,9 +159,7 @@ public final class Broker: Sendable {
                 }
             }
         }
-        subscriptions.update { trie in
-            for (filter, entry) in allFilters { trie.insert(entry, filter: filter) }
-        }
+        subscriptions.update { trie in trie.insert(contentsOf: allFilters.map { ($0.1, $0.0) }) }
     }
 
     /// The connection ended. A session with expiry 0 ends with it; others stay for their

@@ -74,6 +74,34 @@ final class TrieNode: Sendable {
     }
 }
 
+/// A trie node being built in place, for bulk inserts.
+private final class TrieBuilder {
+    var children: [String: TrieBuilder] = [:]
+    var subscribers: [String: SubscriptionEntry]
+    var sharedGroups: [String: SharedGroup]
+
+    init(_ node: TrieNode) {
+        subscribers = node.subscribers
+        sharedGroups = node.sharedGroups
+        for (key, child) in node.children { children[key] = TrieBuilder(child) }
+    }
+
+    func child(_ key: String) -> TrieBuilder {
+        if let existing = children[key] { return existing }
+        let fresh = TrieBuilder(.empty)
+        children[key] = fresh
+        return fresh
+    }
+
+    func frozen() -> TrieNode {
+        TrieNode(
+            children: children.compactMapValues { child in
+                let node = child.frozen()
+                return node.isEmpty ? nil : node
+            }, subscribers: subscribers, sharedGroups: sharedGroups)
+    }
+}
+
 /// The members of one shared subscription (`$share/{name}/{filter}`) and the round-robin
 /// position, which survives membership changes because the counter object is carried over.
 public final class SharedGroup: Sendable {
@@ -142,6 +170,31 @@ public struct SubscriptionTrie: Sendable {
         }
         if !existed { count += 1 }
         return existed
+    }
+
+    /// Adds many subscriptions at once, as at start-up: one insert copies the path it changes,
+    /// which for a level with many children (`fleet/{device}/…`) is quadratic over many inserts,
+    /// so the trie is rebuilt once in a mutable form instead.
+    public mutating func insert(contentsOf entries: [(SubscriptionEntry, MQTTTopicFilter)]) {
+        let builder = TrieBuilder(root)
+        for (entry, filter) in entries {
+            var node = builder
+            for level in Self.levels(filter.filter) { node = node.child(String(level)) }
+            if let group = filter.shareGroup {
+                var members = node.sharedGroups[group]?.members ?? []
+                if let index = members.firstIndex(where: { $0.clientID == entry.clientID }) {
+                    members[index] = entry
+                } else {
+                    members.append(entry)
+                    count += 1
+                }
+                node.sharedGroups[group] = SharedGroup(
+                    members: members, nextIndex: node.sharedGroups[group]?.nextIndex ?? ManagedAtomic(0))
+            } else if node.subscribers.updateValue(entry, forKey: entry.clientID) == nil {
+                count += 1
+            }
+        }
+        root = builder.frozen()
     }
 
     /// Removes the client's subscription to `filter`; returns whether there was one.

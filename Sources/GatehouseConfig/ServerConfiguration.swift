@@ -49,7 +49,7 @@ public struct ServerConfiguration: Sendable, Equatable {
         public var file: String?
         /// "normal" survives a process crash; "full" also a power loss.
         public var durability = "normal"
-        public var commitIntervalMicroseconds = 0
+        public var commitIntervalMicroseconds = 2_000
         public static let durabilities = ["normal", "full"]
     }
 

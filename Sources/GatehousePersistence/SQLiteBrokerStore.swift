@@ -10,7 +10,7 @@ public import NIOCore
 /// and delayed Wills.
 ///
 /// One writer thread applies the broker's changes in order and commits them in groups: a
-/// batch closes after `commitInterval` or `maximumBatch` changes, whichever comes first, so
+/// batch closes after `commitInterval`, at `maximumBatch` changes or when the flow pauses, so
 /// one commit serves many messages. Event loops only append under a short lock.
 public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     public enum Durability: String, Sendable, CaseIterable {
@@ -25,15 +25,17 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         public var durability: Durability
         public var commitInterval: TimeAmount
         public var maximumBatch: Int
+        public var quietGap: TimeAmount
 
         public init(
-            path: String, durability: Durability = .normal, commitInterval: TimeAmount = .zero,
-            maximumBatch: Int = 512
+            path: String, durability: Durability = .normal, commitInterval: TimeAmount = .milliseconds(2),
+            maximumBatch: Int = 2_048, quietGap: TimeAmount = .microseconds(100)
         ) {
             self.path = path
             self.durability = durability
             self.commitInterval = commitInterval
             self.maximumBatch = maximumBatch
+            self.quietGap = quietGap
         }
     }
 
@@ -279,8 +281,20 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
             condition.wait()
             writerIdle = false
         }
+        // The batch fills while changes keep coming: it closes at `commitInterval`, at
+        // `maximumBatch`, or as soon as the flow pauses for `quietGap` (publishers waiting for
+        // their acknowledgements send nothing more), whichever comes first.
         let closesAt = Date(timeIntervalSinceNow: Double(settings.commitInterval.nanoseconds) / 1e9)
-        while !stopping && pending.count < settings.maximumBatch && condition.wait(until: closesAt) {}
+        let gap = Double(settings.quietGap.nanoseconds) / 1e9
+        var seen = pending.count
+        while !stopping && pending.count < settings.maximumBatch {
+            let now = Date()
+            guard now < closesAt else { break }
+            if !condition.wait(until: min(closesAt, now.addingTimeInterval(gap))) {
+                if pending.count == seen { break }
+            }
+            seen = pending.count
+        }
         let changes = pending
         pending = []
         let ticket = openTicket

@@ -65,6 +65,31 @@ struct SubscriptionTrieTests {
         #expect(trie.match(topic: "a/b/c", publisherClientID: nil).isEmpty)
     }
 
+    @Test("a bulk insert matches what one insert at a time builds, shared groups and replacements included")
+    func bulkInsert() throws {
+        let filters = ["fleet/+/status", "fleet/d1/#", "$share/g/fleet/#", "fleet/d1/#", "#", "$share/g/fleet/#"]
+        let entries = try filters.enumerated().map { index, text in
+            (
+                entry("c\(index % 4)", index.isMultiple(of: 2) ? .atLeastOnce : .atMostOnce),
+                try MQTTTopicFilter(parsing: text)
+            )
+        }
+        var oneByOne = SubscriptionTrie()
+        oneByOne.insert(entry("existing"), filter: "fleet/d1/status")
+        var bulk = oneByOne
+        for (subscription, filter) in entries { oneByOne.insert(subscription, filter: filter) }
+        bulk.insert(contentsOf: entries)
+        #expect(bulk.count == oneByOne.count)
+        for topic in ["fleet/d1/status", "fleet/d2/status", "fleet/d1/x/y", "other"] {
+            let expected = oneByOne.matchAll(topic: topic, publisherClientID: nil)
+            let actual = bulk.matchAll(topic: topic, publisherClientID: nil)
+            #expect(actual.deliveries.mapValues(\.qos) == expected.deliveries.mapValues(\.qos), "\(topic)")
+            #expect(
+                actual.sharedGroups.map { $0.members.map(\.clientID) }
+                    == expected.sharedGroups.map { $0.members.map(\.clientID) })
+        }
+    }
+
     @Test("a snapshot taken before an update is not changed by it")
     func snapshotsAreImmutable() {
         let index = SubscriptionIndex()

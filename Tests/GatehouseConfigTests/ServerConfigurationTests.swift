@@ -147,6 +147,7 @@ struct ServerConfigurationTests {
     func persistence() throws {
         let defaults = ServerConfiguration()
         #expect(defaults.persistence.enabled && defaults.persistenceFile == "./data/broker.sqlite")
+        #expect(defaults.persistence.commitIntervalMicroseconds == 2_000)
         #expect(try !ServerConfiguration.parse("persistence: off", file: "g.yaml").persistence.enabled)
         let text = """
             data_dir: /var/lib/gatehouse
