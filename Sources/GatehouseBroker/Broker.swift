@@ -27,6 +27,9 @@ public struct BrokerConfiguration: Sendable {
     /// nothing (5.0 PUBACK/PUBREC 0x87; 3.1.1 acknowledged and dropped [MQTT-3.3.5-2]; QoS 0
     /// dropped); or the connection (DISCONNECT 0x87 in 5.0, close in 3.1.1).
     public var disconnectOnRefusedPublish = false
+    /// What stored deliveries may hold in total (payload and topic, per session); past it, new
+    /// deliveries to persistent sessions are dropped and counted. 0 for no limit.
+    public var maximumStoredBytes = 1 << 30
 
     public init() {}
 }
@@ -59,7 +62,7 @@ public final class Broker: Sendable {
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.store = store
-        self.storage = store.map { SessionStorage(store: $0) }
+        self.storage = store.map { SessionStorage(store: $0, maximumBytes: configuration.maximumStoredBytes) }
         self.retained = RetainedStore(store: store)
         self.logger = logger
     }

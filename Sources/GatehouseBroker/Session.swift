@@ -26,16 +26,38 @@ struct QueuedMessage: Sendable {
     var storedDelivery: StoredDelivery {
         StoredDelivery(qos: qos, retain: retain, subscriptionIdentifiers: subscriptionIdentifiers)
     }
+
+    /// What the delivery counts against the store's limit: payload, topic and the rows around them.
+    var storedSize: Int { message.payload.readableBytes + message.topic.utf8.count + 96 }
 }
 
 /// The durable store as the sessions of one broker share it, with the ids of stored messages.
 final class SessionStorage: Sendable {
     let store: any BrokerStore
     private let nextMessageID: ManagedAtomic<UInt64>
+    /// What the stored deliveries hold, counted per delivery (a shared message counts once per
+    /// session, an upper bound), against `maximumBytes` (0: no limit).
+    private let storedBytes = ManagedAtomic(0)
+    let maximumBytes: Int
 
-    init(store: any BrokerStore, nextMessageID: StoredMessageID = 1) {
+    init(store: any BrokerStore, maximumBytes: Int = 0, nextMessageID: StoredMessageID = 1) {
         self.store = store
+        self.maximumBytes = maximumBytes
         self.nextMessageID = ManagedAtomic(nextMessageID)
+    }
+
+    var bytesStored: Int { storedBytes.load(ordering: .relaxed) }
+
+    /// Counts a delivery in; false, counting nothing, if it would pass the limit.
+    func reserve(_ bytes: Int, enforcingLimit: Bool = true) -> Bool {
+        let after = storedBytes.wrappingIncrementThenLoad(by: bytes, ordering: .relaxed)
+        guard enforcingLimit, maximumBytes > 0, after > maximumBytes else { return true }
+        storedBytes.wrappingDecrement(by: bytes, ordering: .relaxed)
+        return false
+    }
+
+    func release(_ bytes: Int) {
+        storedBytes.wrappingDecrement(by: bytes, ordering: .relaxed)
     }
 
     func resume(fromMessageID next: StoredMessageID) {
@@ -187,6 +209,10 @@ public final class Session: @unchecked Sendable {
         } else if !wanted && inStore {
             inStore = false
             storage.store.append(.sessionDeleted(clientID: clientID))
+            var held = 0
+            for queued in queue where queued.qos != .atMostOnce { held += queued.storedSize }
+            for entry in inflight.values { held += entry.queued.storedSize }
+            storage.release(held)
         }
     }
 
@@ -228,6 +254,7 @@ public final class Session: @unchecked Sendable {
     }
 
     private func writeDeliveryLocked(_ queued: inout QueuedMessage, to storage: SessionStorage) {
+        _ = storage.reserve(queued.storedSize, enforcingLimit: false)
         storage.save(&queued.message)
         guard let id = queued.message.storedID else { return }
         storage.store.append(
@@ -342,12 +369,20 @@ public final class Session: @unchecked Sendable {
             // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
             if connection == nil && queued.qos == .atMostOnce { return result }
             guard makeRoomLocked(for: queued) else { return result }
+            let stored = inStore && queued.qos != .atMostOnce
+            if stored, let storage, !storage.reserve(queued.storedSize) {
+                recordDrop()  // the store is full: the message is refused rather than kept unstored
+                return result
+            }
             queued.sequence = nextSequence
             nextSequence += 1
-            if inStore, queued.qos != .atMostOnce, let storage {
+            if stored, let storage {
                 storage.save(&message)
                 queued.message.storedID = message.storedID
-                writeDeliveryLocked(&queued, to: storage)
+                storage.store.append(
+                    .deliveryQueued(
+                        clientID: clientID, sequence: queued.sequence, message: message.storedID ?? 0,
+                        delivery: queued.storedDelivery))
                 result.stored = true
             }
             queue.append(queued)
@@ -391,7 +426,9 @@ public final class Session: @unchecked Sendable {
     }
 
     private func forgetDeliveryLocked(_ queued: QueuedMessage) {
-        if queued.qos != .atMostOnce { recordLocked(.deliveryDeleted(clientID: clientID, sequence: queued.sequence)) }
+        guard queued.qos != .atMostOnce, inStore, let storage else { return }
+        storage.store.append(.deliveryDeleted(clientID: clientID, sequence: queued.sequence))
+        storage.release(queued.storedSize)
     }
 
     /// Takes what may be sent now: in-flight messages to resend, then queued messages while
@@ -513,6 +550,7 @@ extension Session {
                 let queued = QueuedMessage(
                     message: message, qos: delivery.delivery.qos, retain: delivery.delivery.retain,
                     subscriptionIdentifiers: delivery.delivery.subscriptionIdentifiers, sequence: delivery.sequence)
+                _ = storage?.reserve(queued.storedSize, enforcingLimit: false)
                 switch delivery.state {
                 case .queued: queue.append(queued)
                 case .sent, .released:

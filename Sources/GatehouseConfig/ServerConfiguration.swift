@@ -50,6 +50,8 @@ public struct ServerConfiguration: Sendable, Equatable {
         /// "normal" survives a process crash; "full" also a power loss.
         public var durability = "normal"
         public var commitIntervalMicroseconds = 2_000
+        /// What stored deliveries may hold in total; 0 for no limit.
+        public var maximumStoredBytes = 1 << 30
         public static let durabilities = ["normal", "full"]
     }
 
@@ -236,6 +238,7 @@ public struct ServerConfiguration: Sendable, Equatable {
         configuration.maximumSubscriptionsPerClient = limits.maxSubscriptionsPerClient
         configuration.maximumKeepAlive = UInt16(limits.maxKeepAlive)
         configuration.disconnectOnRefusedPublish = refusedPublish == "disconnect"
+        configuration.maximumStoredBytes = persistence.maximumStoredBytes
         return configuration
     }
 }
@@ -258,7 +261,9 @@ extension ServerConfiguration {
         "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
         "iam_database", "acl", "acl_refused_publish", "http", "oauth", "enrollment", "persistence",
     ]
-    fileprivate static let persistenceKeys = ["enabled", "file", "durability", "commit_interval_us"]
+    fileprivate static let persistenceKeys = [
+        "enabled", "file", "durability", "commit_interval_us", "max_stored_bytes",
+    ]
     private static let enrollmentKeys = ["enabled", "ca_certificate", "ca_key", "validity_days"]
     private static let httpKeys = [
         "public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client", "service_user_token_lifetime",
@@ -436,7 +441,8 @@ extension ServerConfiguration.Persistence {
                     throw reader.error(at: value, "'durability' must be normal or full")
                 }
                 durability = choice
-            default: commitIntervalMicroseconds = try reader.int(value, name, in: 0...1_000_000)
+            case "commit_interval_us": commitIntervalMicroseconds = try reader.int(value, name, in: 0...1_000_000)
+            default: maximumStoredBytes = try reader.int(value, name, in: 0...(1 << 50))
             }
         }
     }

@@ -151,10 +151,11 @@ struct ServerConfigurationTests {
         #expect(try !ServerConfiguration.parse("persistence: off", file: "g.yaml").persistence.enabled)
         let text = """
             data_dir: /var/lib/gatehouse
-            persistence: {durability: full, commit_interval_us: 500, file: /srv/broker.db}
+            persistence: {durability: full, commit_interval_us: 500, file: /srv/broker.db, max_stored_bytes: 4096}
             """
         let configured = try ServerConfiguration.parse(text, file: "g.yaml")
         #expect(configured.persistence.enabled && configured.persistence.durability == "full")
+        #expect(configured.brokerConfiguration.maximumStoredBytes == 4_096)
         #expect(
             configured.persistence.commitIntervalMicroseconds == 500 && configured.persistenceFile == "/srv/broker.db")
         for (bad, message) in [

@@ -1,0 +1,110 @@
+import GatehouseAuth
+import Logging
+import MQTTCore
+import NIOConcurrencyHelpers
+import NIOCore
+import Testing
+
+@testable import GatehouseBroker
+
+/// Keeps every change in order and calls each `whenDurable` at once: what a store receives,
+/// without a disk.
+final class RecordingStore: BrokerStore, Sendable {
+    private let recorded = NIOLockedValueBox<[StoreChange]>([])
+    var changes: [StoreChange] { recorded.withLockedValue { $0 } }
+    func append(_ change: StoreChange) { recorded.withLockedValue { $0.append(change) } }
+    func currentTicket() -> UInt64 { 1 }
+    func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
+        eventLoop.execute(body)
+    }
+}
+
+@Suite("broker and its store")
+struct BrokerStoreTests {
+    private func broker(store: RecordingStore, maximumStoredBytes: Int = 0) -> Broker {
+        var configuration = BrokerConfiguration()
+        configuration.maximumStoredBytes = maximumStoredBytes
+        return Broker(
+            configuration: configuration, authenticator: TestAuthenticator(), authorizer: TestAuthorizer(),
+            store: store, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
+
+    private func kinds(_ changes: [StoreChange]) -> [String] {
+        changes.map { change in
+            switch change {
+            case .sessionOpened: "opened"
+            case .sessionDetached: "detached"
+            case .sessionDeleted: "deleted"
+            case .subscriptionSaved(_, let filter, _, _): "subscribed \(filter)"
+            case .messageSaved: "message"
+            case .messageRouted: "routed"
+            case .deliveryQueued: "queued"
+            case .deliverySent: "sent"
+            case .deliveryDeleted: "acknowledged"
+            default: "other"
+            }
+        }
+    }
+
+    private func publish(_ publisher: TestConnection, _ topic: String, id: UInt16) async throws {
+        try await publisher.send(
+            .publish(
+                .init(
+                    topicName: topic, payload: ByteBuffer(string: "0123456789"), qos: .atLeastOnce, packetIdentifier: id
+                )))
+        #expect(try await publisher.receive() == .puback(.init(packetIdentifier: id)))
+    }
+
+    @Test("a persistent session's life reaches the store in order; a clean session's never does")
+    func changesInOrder() async throws {
+        let store = RecordingStore()
+        let broker = broker(store: store)
+        let clean = try await TestConnection(broker: broker)
+        try await clean.connect(clientID: "clean")
+        _ = try await clean.subscribe("jobs/#")
+        #expect(store.changes.isEmpty)
+
+        let durable = try await TestConnection(broker: broker)
+        try await durable.connect(clientID: "d", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        _ = try await durable.subscribe("jobs/#")
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        try await publish(publisher, "jobs/1", id: 1)
+        _ = try await clean.receive()
+        guard case .publish(let delivered) = try await durable.receive() else { throw TestFailure("expected PUBLISH") }
+        try await durable.send(.puback(.init(packetIdentifier: delivered.packetIdentifier)))
+        try await durable.send(.disconnect(.init(properties: [.sessionExpiryInterval(0)])))
+        try await durable.waitUntilClosed()
+        #expect(
+            kinds(store.changes) == [
+                "opened", "subscribed jobs/#", "message", "queued", "routed", "sent", "acknowledged", "deleted",
+            ])
+    }
+
+    @Test("past max_stored_bytes new deliveries to persistent sessions are dropped and counted; acks free the room")
+    func storedBytesLimit() async throws {
+        let store = RecordingStore()
+        let size = 10 + "jobs/1".utf8.count + 96
+        let broker = broker(store: store, maximumStoredBytes: 3 * size)
+        let offline = try await TestConnection(broker: broker)
+        try await offline.connect(clientID: "d", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        _ = try await offline.subscribe("jobs/#")
+        try await offline.send(.disconnect(.init()))
+        try await offline.waitUntilClosed()
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        for id in UInt16(1)...5 { try await publish(publisher, "jobs/1", id: id) }
+        let session = try #require(broker.session(clientID: "d"))
+        #expect(session.queuedCount == 3 && session.droppedCount == 2)
+        #expect(broker.storage?.bytesStored == 3 * size)
+
+        let back = try await TestConnection(broker: broker)
+        try await back.connect(clientID: "d", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        for _ in 0..<3 {
+            guard case .publish(let queued) = try await back.receive() else { throw TestFailure("expected PUBLISH") }
+            try await back.send(.puback(.init(packetIdentifier: queued.packetIdentifier)))
+        }
+        try await back.expectSilence()
+        #expect(broker.storage?.bytesStored == 0)
+    }
+}
