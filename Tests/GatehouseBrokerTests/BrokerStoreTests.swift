@@ -108,3 +108,36 @@ struct BrokerStoreTests {
         #expect(broker.storage?.bytesStored == 0)
     }
 }
+
+/// Records what the broker hands its cluster seam.
+final class RecordingForwarder: RouteForwarding {
+    private let recorded = NIOLockedValueBox<[String]>([])
+    var events: [String] { recorded.withLockedValue { $0 } }
+    func forward(_ message: RoutedMessage) { recorded.withLockedValue { $0.append("message \(message.topic)") } }
+    func subscriptionAdded(clientID: String, filter: MQTTTopicFilter) {
+        recorded.withLockedValue { $0.append("+\(clientID) \(filter.text)") }
+    }
+    func subscriptionRemoved(clientID: String, filter: MQTTTopicFilter) {
+        recorded.withLockedValue { $0.append("-\(clientID) \(filter.text)") }
+    }
+}
+
+@Suite("route forwarding seam")
+struct RouteForwardingTests {
+    @Test("routed messages and subscription changes reach the forwarding hook, a resubscribe once")
+    func forwarded() async throws {
+        let forwarder = RecordingForwarder()
+        let broker = Broker(
+            configuration: BrokerConfiguration(), authenticator: TestAuthenticator(), authorizer: TestAuthorizer(),
+            forwarding: forwarder, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        _ = try await client.subscribe("a/#")
+        _ = try await client.subscribe("a/#", packetIdentifier: 2)
+        try await client.send(.publish(.init(topicName: "a/b", payload: ByteBuffer(string: "x"))))
+        _ = try await client.receive()
+        try await client.send(.unsubscribe(.init(packetIdentifier: 3, topicFilters: ["a/#"])))
+        _ = try await client.receive()
+        #expect(forwarder.events == ["+c a/#", "message a/b", "-c a/#"])
+    }
+}

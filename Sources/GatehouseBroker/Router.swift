@@ -1,0 +1,197 @@
+public import GatehouseAuth
+public import MQTTCore
+public import NIOCore
+
+/// The seam for a cluster: where routed messages and subscription changes would go to other
+/// nodes. The broker calls it, never a cluster target; nothing implements it yet.
+public protocol RouteForwarding: Sendable {
+    /// A message a local client published, after local routing.
+    func forward(_ message: RoutedMessage)
+    func subscriptionAdded(clientID: String, filter: MQTTTopicFilter)
+    func subscriptionRemoved(clientID: String, filter: MQTTTopicFilter)
+}
+
+/// Where accepted messages go: the subscription index, the retained messages, and delivery
+/// into the matching sessions. Shared by every event loop; the publish path takes no lock but
+/// each target session's own.
+public final class Router: Sendable {
+    public let subscriptions = SubscriptionIndex()
+    public let retained: RetainedStore
+    let authorizer: any Authorizer
+    let storage: SessionStorage?
+    let forwarding: (any RouteForwarding)?
+
+    init(
+        authorizer: any Authorizer, store: (any BrokerStore)?, storage: SessionStorage?,
+        forwarding: (any RouteForwarding)?
+    ) {
+        self.authorizer = authorizer
+        self.retained = RetainedStore(store: store)
+        self.storage = storage
+        self.forwarding = forwarding
+    }
+
+    // MARK: Subscriptions
+
+    /// Records a subscription and returns the retained messages it should receive.
+    func subscribe(
+        _ session: Session,
+        filter: MQTTTopicFilter,
+        options: MQTTPacket.SubscriptionOptions,
+        identifier: UInt32?
+    ) -> [RoutedMessage] {
+        let entry = SubscriptionEntry(
+            clientID: session.clientID, options: options, identifier: identifier, session: session)
+        let existed = session.recordSubscription(entry, filter: filter)
+        subscriptions.update { trie in trie.insert(entry, filter: filter) }
+        if !existed { forwarding?.subscriptionAdded(clientID: session.clientID, filter: filter) }
+        // A new shared subscription gets no retained messages (5.0 §4.8.2).
+        if filter.isShared { return [] }
+        switch options.retainHandling {
+        case .sendOnSubscribe: return retained.matching(filter: filter.filter)
+        case .sendOnNewSubscription: return existed ? [] : retained.matching(filter: filter.filter)
+        case .doNotSend: return []
+        }
+    }
+
+    /// Removes the subscription `text` (as the client wrote it, `$share/…` included).
+    func unsubscribe(_ session: Session, filter text: String) -> Bool {
+        guard session.forgetSubscription(filter: text), let filter = try? MQTTTopicFilter(parsing: text) else {
+            return false
+        }
+        subscriptions.update { trie in trie.remove(clientID: session.clientID, filter: filter) }
+        forwarding?.subscriptionRemoved(clientID: session.clientID, filter: filter)
+        return true
+    }
+
+    /// Takes an ended session's subscriptions out of the index.
+    func removeSubscriptions(of session: Session) {
+        let filters = session.subscribedFilters.compactMap { try? MQTTTopicFilter(parsing: $0) }
+        guard !filters.isEmpty else { return }
+        subscriptions.update { trie in
+            for filter in filters { trie.remove(clientID: session.clientID, filter: filter) }
+        }
+        for filter in filters { forwarding?.subscriptionRemoved(clientID: session.clientID, filter: filter) }
+    }
+
+    /// Puts back the subscriptions of restored sessions, in one rebuild of the index.
+    func restore(_ entries: [(SubscriptionEntry, MQTTTopicFilter)]) {
+        subscriptions.update { trie in trie.insert(contentsOf: entries) }
+    }
+
+    // MARK: Routing
+
+    /// Routes an accepted message to every matching session the subscriber may read it in.
+    /// Connections to wake go into `batch`, so the caller can wake each event loop once per
+    /// read cycle. Returns how many sessions it reached.
+    @discardableResult
+    func publish(_ message: RoutedMessage, into batch: inout DeliveryBatch) -> Int {
+        if message.retain, retained.store(message) { batch.wroteToStore = true }
+        defer { forwarding?.forward(message) }
+        let match = subscriptions.snapshot.matchAll(topic: message.topic, publisherClientID: message.publisherClientID)
+        guard !match.isEmpty else { return 0 }
+        var reached = 0
+        // Fan-out: encode the shared QoS 0 forms once instead of once per subscriber.
+        var message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
+        for delivery in match.deliveries.values {
+            guard let session = delivery.session else { continue }
+            reached += enqueue(&message, delivery, to: session, into: &batch)
+        }
+        // Each shared group sends one copy, to the next member in turn that is connected (or,
+        // if none is, to the next member at all, whose session queues it).
+        for group in match.sharedGroups {
+            var chosen: SubscriptionEntry?
+            for entry in group.rotation() {
+                guard let session = entry.session else { continue }
+                if session.isConnected {
+                    chosen = entry
+                    break
+                }
+                if chosen == nil { chosen = entry }
+            }
+            guard let chosen, let session = chosen.session else { continue }
+            reached += enqueue(&message, Delivery(chosen), to: session, into: &batch)
+        }
+        if let id = message.storedID { storage?.store.append(.messageRouted(id)) }
+        return reached
+    }
+
+    /// Routes a message from outside any read cycle (a Will, `$SYS`) and wakes its subscribers.
+    func publishNow(_ message: RoutedMessage) {
+        var batch = DeliveryBatch()
+        publish(message, into: &batch)
+        batch.wakeAll()
+    }
+
+    /// Queues one delivery if the subscriber may read the topic; returns 1 if it did.
+    private func enqueue(
+        _ message: inout RoutedMessage,
+        _ delivery: Delivery,
+        to session: Session,
+        into batch: inout DeliveryBatch
+    ) -> Int {
+        let stored = StoredDelivery(
+            qos: min(message.qos, delivery.qos),
+            retain: delivery.retainAsPublished && message.retain,
+            subscriptionIdentifiers: delivery.subscriptionIdentifiers)
+        let enqueued = session.enqueue(&message, stored, readPermittedBy: authorizer)
+        batch.add(enqueued)
+        return enqueued.accepted ? 1 : 0
+    }
+
+    /// Retained messages for a new subscription go to that session alone, flagged retained.
+    func deliverRetained(
+        _ messages: [RoutedMessage],
+        to session: Session,
+        options: MQTTPacket.SubscriptionOptions,
+        identifier: UInt32?,
+        into batch: inout DeliveryBatch
+    ) {
+        for var message in messages {
+            let delivery = StoredDelivery(
+                qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
+            )
+            batch.add(session.enqueue(&message, delivery, readPermittedBy: authorizer))
+        }
+    }
+}
+
+/// What routing within one read cycle leaves for its end: the connections to wake (once per
+/// event loop), and whether acknowledgements must wait for the store to commit.
+public struct DeliveryBatch {
+    private var wakes: [any SessionConnection] = []
+    /// Set when routing wrote to the store; the caller clears it once it has taken a ticket.
+    public var wroteToStore = false
+
+    public init() {}
+
+    mutating func add(_ enqueued: Session.Enqueued) {
+        if let wake = enqueued.wake { wakes.append(wake) }
+        if enqueued.stored { wroteToStore = true }
+    }
+
+    /// Wakes each connection once, with one task per event loop.
+    public mutating func wakeAll() {
+        guard !wakes.isEmpty else { return }
+        let batch = wakes
+        wakes.removeAll(keepingCapacity: true)
+        wake(batch)
+    }
+}
+
+/// Wakes each connection once, with one task per event loop rather than one per message.
+func wake(_ connections: [any SessionConnection]) {
+    guard !connections.isEmpty else { return }
+    var byLoop: [ObjectIdentifier: (any EventLoop, [any SessionConnection])] = [:]
+    for connection in connections {
+        let key = ObjectIdentifier(connection.eventLoop)
+        byLoop[key, default: (connection.eventLoop, [])].1.append(connection)
+    }
+    for (loop, batch) in byLoop.values {
+        if loop.inEventLoop {
+            for connection in batch { connection.sessionHasOutput() }
+        } else {
+            loop.execute { for connection in batch { connection.sessionHasOutput() } }
+        }
+    }
+}
