@@ -42,6 +42,8 @@ public final class Broker: Sendable {
     public let configuration: BrokerConfiguration
     public let authenticator: any Authenticator
     public let authorizer: any Authorizer
+    /// Every decision the broker asks of `authorizer` goes through here.
+    public let access: AccessControl
     public let statistics = BrokerStatistics()
     /// The durable store, when persistence is on.
     public let store: (any BrokerStore)?
@@ -50,7 +52,6 @@ public final class Broker: Sendable {
     let registry: SessionRegistry
     let wills: WillScheduler
     let logger: Logger
-    private let rejectionLog = NIOLockedValueBox<(last: NIODeadline, suppressed: Int)>((.distantPast, 0))
 
     public var subscriptions: SubscriptionIndex { router.subscriptions }
     public var retained: RetainedStore { router.retained }
@@ -66,10 +67,12 @@ public final class Broker: Sendable {
         self.configuration = configuration
         self.authenticator = authenticator
         self.authorizer = authorizer
+        let access = AccessControl(authorizer: authorizer, statistics: statistics, logger: logger)
+        self.access = access
         self.store = store
         let storage = store.map { SessionStorage(store: $0, maximumBytes: configuration.maximumStoredBytes) }
         self.storage = storage
-        let router = Router(authorizer: authorizer, store: store, storage: storage, forwarding: forwarding)
+        let router = Router(access: access, store: store, storage: storage, forwarding: forwarding)
         let wills = WillScheduler(router: router)
         self.router = router
         self.wills = wills
@@ -184,26 +187,9 @@ public final class Broker: Sendable {
         return true
     }
 
-    /// Counts an ACL refusal and logs it, at most once a second (with how many were not
-    /// logged), so that a misbehaving client cannot flood the log. The client learns nothing.
+    /// Counts an ACL refusal and logs it, rate-limited; see `AccessControl`.
     public func noteRejection(_ principal: Principal, _ action: Action, topic: String) {
-        statistics.add(statistics.authorizationRejections, 1)
-        let now = NIODeadline.now()
-        let suppressed = rejectionLog.withLockedValue { state -> Int? in
-            guard now - state.last >= .seconds(1) else {
-                state.suppressed += 1
-                return nil
-            }
-            defer { state = (now, 0) }
-            return state.suppressed
-        }
-        guard let suppressed else { return }
-        logger.notice(
-            "ACL refused",
-            metadata: [
-                "identity": "\(principal.username)", "tenant": "\(principal.tenant)", "action": "\(action)",
-                "topic": "\(topic)", "not_logged_since_last": "\(suppressed)",
-            ])
+        access.noteRejection(principal, action, topic: topic)
     }
 
     /// After an ACL reload: removes every subscription the new rules no longer allow, and
@@ -214,7 +200,7 @@ public final class Broker: Sendable {
         let all = registry.all
         var removed = 0
         for session in all {
-            let dropped = session.dropUnreadable(by: authorizer)
+            let dropped = session.dropUnreadable(by: access)
             if dropped > 0 {
                 statistics.add(statistics.messagesDropped, dropped)
                 logger.notice(
@@ -224,7 +210,7 @@ public final class Broker: Sendable {
             let principal = session.principal
             for text in session.subscribedFilters {
                 guard let filter = try? MQTTTopicFilter(parsing: text),
-                    authorizer.authorize(principal, .subscribe, topic: filter.filter) == .reject,
+                    access.authorize(principal, .subscribe, topic: filter.filter) == .reject,
                     unsubscribe(session, filter: text)
                 else { continue }
                 removed += 1

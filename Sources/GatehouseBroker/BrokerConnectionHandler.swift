@@ -488,12 +488,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             code = .payloadFormatInvalid
         } else if !broker.isWithinTopicLevelLimit(topic) {
             code = .topicNameInvalid
-        } else if topic.utf8.first == UInt8(ascii: "$")
-            || publishDecisions.decide(broker.authorizer, connected.principal, .publish, topic: topic) == .reject
-        {
-            // Clients never publish into $-topics; the broker owns them.
+        } else if !broker.access.mayPublish(connected.principal, topic: topic, decisions: &publishDecisions) {
             code = .notAuthorized
-            broker.noteRejection(connected.principal, .publish, topic: topic)
         }
 
         if code == .success && !isRepeat {
@@ -548,8 +544,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 continue
             }
             // A shared subscription is authorized on its filter, not on the $share/ prefix.
-            guard broker.authorizer.authorize(connected.principal, .subscribe, topic: filter.filter) == .accept else {
-                broker.noteRejection(connected.principal, .subscribe, topic: filter.filter)
+            guard broker.access.maySubscribe(connected.principal, filter: filter) else {
                 codes.append(.notAuthorized)
                 continue
             }
@@ -734,7 +729,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         deliveries.wakeAll()
         tally.flush(into: broker.statistics)
         if let will = connected.will,
-            broker.authorizer.authorize(connected.principal, .publish, topic: will.topic) == .accept
+            broker.access.mayPublishWill(connected.principal, topic: will.topic)
         {
             let message = RoutedMessage(
                 publish: MQTTPacket.Publish(

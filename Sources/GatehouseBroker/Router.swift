@@ -1,6 +1,6 @@
-public import GatehouseAuth
+import GatehouseAuth
 public import MQTTCore
-public import NIOCore
+import NIOCore
 
 /// The seam for a cluster: where routed messages and subscription changes would go to other
 /// nodes. The broker calls it, never a cluster target; nothing implements it yet.
@@ -17,15 +17,15 @@ public protocol RouteForwarding: Sendable {
 public final class Router: Sendable {
     public let subscriptions = SubscriptionIndex()
     public let retained: RetainedStore
-    let authorizer: any Authorizer
+    let access: AccessControl
     let storage: SessionStorage?
     let forwarding: (any RouteForwarding)?
 
     init(
-        authorizer: any Authorizer, store: (any BrokerStore)?, storage: SessionStorage?,
+        access: AccessControl, store: (any BrokerStore)?, storage: SessionStorage?,
         forwarding: (any RouteForwarding)?
     ) {
-        self.authorizer = authorizer
+        self.access = access
         self.retained = RetainedStore(store: store)
         self.storage = storage
         self.forwarding = forwarding
@@ -134,7 +134,7 @@ public final class Router: Sendable {
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
             subscriptionIdentifiers: delivery.subscriptionIdentifiers)
-        let enqueued = session.enqueue(&message, stored, readPermittedBy: authorizer)
+        let enqueued = session.enqueue(&message, stored, readPermittedBy: access)
         batch.add(enqueued)
         return enqueued.accepted ? 1 : 0
     }
@@ -151,7 +151,7 @@ public final class Router: Sendable {
             let delivery = StoredDelivery(
                 qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
             )
-            batch.add(session.enqueue(&message, delivery, readPermittedBy: authorizer))
+            batch.add(session.enqueue(&message, delivery, readPermittedBy: access))
         }
     }
 }

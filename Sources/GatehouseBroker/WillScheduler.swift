@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 
 /// Wills: published when their connection ends, or after their Will Delay Interval unless the
 /// session ends first or a new connection resumes it. [MQTT-3.1.3-9]
