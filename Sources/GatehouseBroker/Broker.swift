@@ -137,6 +137,7 @@ public final class Broker: Sendable {
         for message in state.retained { retained.restore(message) }
         let now = wallClockSeconds()
         var allFilters: [(SubscriptionEntry, MQTTTopicFilter)] = []
+        var lostWills: [(Session, RoutedMessage, UInt32)] = []
         for stored in state.sessions {
             let session = registry.makeSession(
                 clientID: stored.clientID, principal: stored.principal, expiryInterval: stored.expiryInterval)
@@ -155,8 +156,13 @@ public final class Broker: Sendable {
                 registry.expire(session, in: remaining, on: eventLoop)
             }
             if let will = stored.will { wills.publishWhenDue(of: session, in: max(0, will.dueAt - now), on: eventLoop) }
+            if let armed = stored.armedWill { lostWills.append((session, armed.message, armed.delay)) }
         }
         router.restore(allFilters)
+        // The previous process lost these connections: their Wills are due as if they had dropped.
+        for (session, will, delay) in lostWills where access.mayPublishWill(session.principal, topic: will.topic) {
+            wills.publish(will, delay: delay, session: session, on: eventLoop)
+        }
     }
 
     /// The connection ended. A session with expiry 0 ends with it; others stay for their

@@ -334,6 +334,13 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 outboundTopicAliases: OutboundTopicAliases(
                     maximum: version == .v5 ? connect.properties.topicAliasMaximum ?? 0 : 0)
             ))
+        // The store keeps this connection's Will (and forgets a previous connection's), so that a
+        // crash of the broker ends the connection as a drop would.
+        opened.session.disarmWill()
+        if let will = connect.will {
+            opened.session.armWill(
+                willMessage(will, clientID: clientID), delay: will.properties.willDelayInterval ?? 0)
+        }
 
         var properties: [MQTTProperty] = []
         if version == .v5 {
@@ -728,17 +735,11 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
         deliveries.wakeAll()
         tally.flush(into: broker.statistics)
+        if connected.session.isAttached(to: self) { connected.session.disarmWill() }
         if let will = connected.will,
             broker.access.mayPublishWill(connected.principal, topic: will.topic)
         {
-            let message = RoutedMessage(
-                publish: MQTTPacket.Publish(
-                    topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
-                    properties: will.properties),
-                topic: will.topic,
-                publisherClientID: connected.session.clientID,
-                now: .now()
-            )
+            let message = willMessage(will, clientID: connected.session.clientID)
             let delay = will.properties.willDelayInterval ?? 0
             let session = connected.session
             if session.isAttached(to: self) {
@@ -750,5 +751,13 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
         }
         broker.connectionClosed(self, session: connected.session, on: eventLoop)
+    }
+
+    private func willMessage(_ will: MQTTPacket.Will, clientID: String) -> RoutedMessage {
+        RoutedMessage(
+            publish: MQTTPacket.Publish(
+                topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+                properties: will.properties),
+            topic: will.topic, publisherClientID: clientID, now: .now())
     }
 }

@@ -49,6 +49,10 @@ public enum StoreChange: Sendable {
     /// A Will waiting out its delay, due at `dueAt` (seconds since 1970).
     case willScheduled(clientID: String, message: RoutedMessage, dueAt: Int64)
     case willCancelled(clientID: String)
+    /// The Will of a connected persistent session: due `delay` seconds after its connection
+    /// ends, which a crash of the broker also does.
+    case willArmed(clientID: String, message: RoutedMessage, delay: UInt32)
+    case willDisarmed(clientID: String)
 }
 
 /// The store's name for a message, given by the broker when a persistent session first takes it.
@@ -81,6 +85,8 @@ public struct RestoredBrokerState: Sendable {
         public var deliveries: [Delivery]
         public var inboundQoS2: [UInt16]
         public var will: (message: RoutedMessage, dueAt: Int64)?
+        /// The Will of a connection the previous process lost.
+        public var armedWill: (message: RoutedMessage, delay: UInt32)?
 
         public init(
             clientID: String, principal: Principal, expiryInterval: UInt32, detachedAt: Int64,

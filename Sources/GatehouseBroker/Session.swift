@@ -118,6 +118,8 @@ public final class Session: @unchecked Sendable {
     private var droppedMessages = 0
     /// A Will waiting out its delay; a new connection to the session cancels it.
     private var pendingWill: (message: RoutedMessage, dueAt: Int64)?
+    /// The connected client's Will, kept in the store so that a crash of the broker does not lose it.
+    private var armedWill: (message: RoutedMessage, delay: UInt32)?
     /// How many connections have attached, so that a timer set at one disconnect can tell
     /// whether the session has been resumed (and perhaps left again) since.
     private var attachments: UInt64 = 0
@@ -244,6 +246,9 @@ public final class Session: @unchecked Sendable {
         if let pendingWill {
             store.append(.willScheduled(clientID: clientID, message: pendingWill.message, dueAt: pendingWill.dueAt))
         }
+        if let armedWill {
+            store.append(.willArmed(clientID: clientID, message: armedWill.message, delay: armedWill.delay))
+        }
     }
 
     /// Writes a delivery that was only in memory; its message is written again too (the store
@@ -293,6 +298,23 @@ public final class Session: @unchecked Sendable {
     }
 
     // MARK: Delayed Will
+
+    /// The connection has a Will: the store keeps it while the session is persistent.
+    func armWill(_ will: RoutedMessage, delay: UInt32) {
+        lock.withLock {
+            armedWill = (will, delay)
+            recordLocked(.willArmed(clientID: clientID, message: will, delay: delay))
+        }
+    }
+
+    /// The connection ended: its Will is published, scheduled or discarded from here on.
+    func disarmWill() {
+        lock.withLock {
+            guard armedWill != nil else { return }
+            armedWill = nil
+            recordLocked(.willDisarmed(clientID: clientID))
+        }
+    }
 
     /// `dueAt` is in seconds since 1970, for the store.
     func setPendingWill(_ will: RoutedMessage, dueAt: Int64) {

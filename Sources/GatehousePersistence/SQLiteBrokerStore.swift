@@ -155,6 +155,17 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                         due_at INTEGER NOT NULL);
                     """)
         }
+        migrator.registerMigration("2-armed-wills") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE armed_will (
+                        client_id TEXT PRIMARY KEY NOT NULL,
+                        wire BLOB NOT NULL,
+                        publisher TEXT,
+                        expires_at INTEGER,
+                        delay INTEGER NOT NULL);
+                    """)
+        }
         return migrator
     }
 
@@ -320,6 +331,20 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         }
     }
 
+    /// A Will, pending (`will`, with its due time) or armed (`armed_will`, with its delay).
+    private func saveWill(
+        _ message: RoutedMessage, of clientID: String, into table: String, column: String, value: Int64,
+        now: StoredMessageCoding.Now, _ db: Database
+    ) throws {
+        try db.cachedStatement(
+            sql:
+                "INSERT OR REPLACE INTO \(table) (client_id, wire, publisher, expires_at, \(column)) VALUES (?, ?, ?, ?, ?)"
+        ).execute(arguments: [
+            clientID, Data(try StoredMessageCoding.wire(message)), message.publisherClientID,
+            StoredMessageCoding.expiry(of: message, now: now), value,
+        ])
+    }
+
     /// Applies the changes, deletes the messages of `collect` that nothing holds any more, and
     /// returns those whose last holder this batch deleted.
     private func apply(_ changes: [StoreChange], _ db: Database, collecting collect: Set<Int64>) throws -> Set<Int64> {
@@ -344,7 +369,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                     db.cachedStatement(sql: "SELECT message_id FROM delivery WHERE client_id = ?"),
                     arguments: [clientID])
                 unreferenced.formUnion(held)
-                for table in ["session", "subscription", "delivery", "inbound_qos2", "will"] {
+                for table in ["session", "subscription", "delivery", "inbound_qos2", "will", "armed_will"] {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE client_id = ?").execute(arguments: [
                         clientID
                     ])
@@ -407,17 +432,14 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
             case .retainedCleared(let topic):
                 try db.cachedStatement(sql: "DELETE FROM retained WHERE topic = ?").execute(arguments: [topic])
             case .willScheduled(let clientID, let message, let dueAt):
-                try db.cachedStatement(
-                    sql: """
-                        INSERT OR REPLACE INTO will (client_id, wire, publisher, expires_at, due_at)
-                        VALUES (?, ?, ?, ?, ?)
-                        """
-                ).execute(arguments: [
-                    clientID, Data(try StoredMessageCoding.wire(message)), message.publisherClientID,
-                    StoredMessageCoding.expiry(of: message, now: now), dueAt,
-                ])
+                try saveWill(message, of: clientID, into: "will", column: "due_at", value: dueAt, now: now, db)
             case .willCancelled(let clientID):
                 try db.cachedStatement(sql: "DELETE FROM will WHERE client_id = ?").execute(arguments: [clientID])
+            case .willArmed(let clientID, let message, let delay):
+                try saveWill(
+                    message, of: clientID, into: "armed_will", column: "delay", value: Int64(delay), now: now, db)
+            case .willDisarmed(let clientID):
+                try db.cachedStatement(sql: "DELETE FROM armed_will WHERE client_id = ?").execute(arguments: [clientID])
             case .messageRouted:
                 break
             }

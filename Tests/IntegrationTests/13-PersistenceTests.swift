@@ -38,6 +38,9 @@ struct PersistenceTests {
     @Test("retained messages (set, replaced, cleared, expiring) and a pending delayed will survive")
     func retainedAndWill() async throws { try await run("retained-will") }
 
+    @Test("the will of a client connected at the kill is published after the restart")
+    func lostConnectionWill() async throws { try await run("lost-will") }
+
     @Test("a session that expired while the broker was down is gone; one that did not is back")
     func expiredWhileDown() async throws { try await run("expiry") }
 

@@ -286,6 +286,38 @@ def retained_messages_and_delayed_will_survive():
     broker.stop()
 
 
+def will_of_a_connection_lost_in_a_crash():
+    broker = Broker()
+    devices = {}
+    for name in ["crashed", "polite"]:
+        device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{name}", protocol=mqtt.MQTTv5)
+        device.will_set(f"devices/{name}/status", "offline", qos=1, retain=True)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 600
+        connected = threading.Event()
+        device.on_connect = lambda *_, event=connected: event.set()
+        device.connect("127.0.0.1", broker.port, clean_start=True, properties=properties)
+        device.loop_start()
+        check(connected.wait(5), f"device-{name} connects with a will")
+        devices[name] = device
+    devices["polite"].disconnect()
+    devices["polite"].loop_stop()
+    time.sleep(0.3)
+    broker.kill()
+    devices["crashed"].loop_stop()
+    broker = Broker()
+    watcher = Client(broker.port, "status-watcher", clean=True, expiry=0)
+    watcher.subscribe("devices/#", 1)
+    wait(lambda: len(watcher.messages) >= 1, 5)
+    time.sleep(0.3)
+    statuses = {m.topic: m.payload.decode() for m in watcher.messages}
+    check(statuses == {"devices/crashed/status": "offline"},
+          "the will of a device connected at the kill is published after the restart; a normal DISCONNECT's is not",
+          str(statuses))
+    watcher.close()
+    broker.stop()
+
+
 def session_expired_while_down_is_gone():
     broker = Broker()
     brief = Client(broker.port, "brief-session", expiry=2)
@@ -352,6 +384,7 @@ SCENARIOS = {
     "inbound-qos2": inbound_qos2_is_not_routed_twice,
     "retained-will": retained_messages_and_delayed_will_survive,
     "expiry": session_expired_while_down_is_gone,
+    "lost-will": will_of_a_connection_lost_in_a_crash,
     "off": persistence_off_keeps_nothing,
 }
 
