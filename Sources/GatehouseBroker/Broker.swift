@@ -193,11 +193,6 @@ public final class Broker: Sendable {
         return true
     }
 
-    /// Counts an ACL refusal and logs it, rate-limited; see `AccessControl`.
-    public func noteRejection(_ principal: Principal, _ action: Action, topic: String) {
-        access.noteRejection(principal, action, topic: topic)
-    }
-
     /// After an ACL reload: removes every subscription the new rules no longer allow, and
     /// drops queued messages their sessions may no longer read, so that nothing is delivered
     /// against the new rules. Returns how many subscriptions were removed.

@@ -48,12 +48,14 @@ final class SessionStorage: Sendable {
 
     var bytesStored: Int { storedBytes.load(ordering: .relaxed) }
 
-    /// Counts a delivery in; false, counting nothing, if it would pass the limit.
-    func reserve(_ bytes: Int, enforcingLimit: Bool = true) -> Bool {
-        let after = storedBytes.wrappingIncrementThenLoad(by: bytes, ordering: .relaxed)
-        guard enforcingLimit, maximumBytes > 0, after > maximumBytes else { return true }
-        storedBytes.wrappingDecrement(by: bytes, ordering: .relaxed)
-        return false
+    /// Whether a new delivery of `bytes` fits. Sessions check without a shared lock, so the limit
+    /// may be passed by the deliveries being made at that moment, never by more.
+    func hasRoom(for bytes: Int) -> Bool {
+        maximumBytes == 0 || storedBytes.load(ordering: .relaxed) + bytes <= maximumBytes
+    }
+
+    func add(_ bytes: Int) {
+        storedBytes.wrappingIncrement(by: bytes, ordering: .relaxed)
     }
 
     func release(_ bytes: Int) {
@@ -258,8 +260,10 @@ public final class Session: @unchecked Sendable {
         writeDeliveryLocked(&queued, to: storage)
     }
 
+    /// Stores the delivery (and its message, once for all sessions). Its bytes count against
+    /// the store's limit, already checked by the caller where the limit applies.
     private func writeDeliveryLocked(_ queued: inout QueuedMessage, to storage: SessionStorage) {
-        _ = storage.reserve(queued.storedSize, enforcingLimit: false)
+        storage.add(queued.storedSize)
         storage.save(&queued.message)
         guard let id = queued.message.storedID else { return }
         storage.store.append(
@@ -390,21 +394,18 @@ public final class Session: @unchecked Sendable {
                 subscriptionIdentifiers: delivery.subscriptionIdentifiers)
             // Offline, only QoS 1 and 2 are kept (as Mosquitto does by default).
             if connection == nil && queued.qos == .atMostOnce { return result }
-            guard makeRoomLocked(for: queued) else { return result }
-            let stored = inStore && queued.qos != .atMostOnce
-            if stored, let storage, !storage.reserve(queued.storedSize) {
-                recordDrop()  // the store is full: the message is refused rather than kept unstored
+            let storage = inStore && queued.qos != .atMostOnce ? self.storage : nil
+            // The store full is checked first, so that nothing queued is pushed out for a refused message.
+            if let storage, !storage.hasRoom(for: queued.storedSize) {
+                recordDrop()
                 return result
             }
+            guard makeRoomLocked(for: queued) else { return result }
             queued.sequence = nextSequence
             nextSequence += 1
-            if stored, let storage {
-                storage.save(&message)
-                queued.message.storedID = message.storedID
-                storage.store.append(
-                    .deliveryQueued(
-                        clientID: clientID, sequence: queued.sequence, message: message.storedID ?? 0,
-                        delivery: queued.storedDelivery))
+            if let storage {
+                writeDeliveryLocked(&queued, to: storage)
+                message.storedID = queued.message.storedID  // the next session refers to the same row
                 result.stored = true
             }
             queue.append(queued)
@@ -572,7 +573,7 @@ extension Session {
                 let queued = QueuedMessage(
                     message: message, qos: delivery.delivery.qos, retain: delivery.delivery.retain,
                     subscriptionIdentifiers: delivery.delivery.subscriptionIdentifiers, sequence: delivery.sequence)
-                _ = storage?.reserve(queued.storedSize, enforcingLimit: false)
+                storage?.add(queued.storedSize)
                 switch delivery.state {
                 case .queued: queue.append(queued)
                 case .sent, .released:

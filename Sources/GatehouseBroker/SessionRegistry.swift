@@ -1,6 +1,6 @@
-public import GatehouseAuth
+import GatehouseAuth
 import NIOConcurrencyHelpers
-public import NIOCore
+import NIOCore
 
 /// Every session by client id: who owns it, takeover, and its end when its expiry runs out.
 final class SessionRegistry: Sendable {

@@ -203,13 +203,6 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Commits and changes so far, for the status page and benchmarks.
-    public var counts: (commits: Int, changes: Int) {
-        condition.lock()
-        defer { condition.unlock() }
-        return (commits, appliedChanges)
-    }
-
     // MARK: The writer
 
     /// Starts the writer thread. Call after `load()`.

@@ -46,9 +46,9 @@ class Broker:
         with open(self.log_path) as log:
             return log.read()
 
-    def kill(self):
+    def kill(self, what="the broker is killed with SIGKILL"):
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        check(self.process.wait(10) == -signal.SIGKILL, what, "(it had already exited)")
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -165,8 +165,7 @@ def acknowledged_messages_survive_kill():
     classic.subscribe("fleet/#", 1)
     publish_all(broker.port, [(f"fleet/q1/{i}", f"q1-{i}", 1, False, None) for i in range(count)] +
                 [(f"fleet/q2/{i}", f"q2-{i}", 2, False, None) for i in range(count)])
-    broker.kill()
-    check(True, "the broker is killed with SIGKILL right after the last acknowledgement")
+    broker.kill("the broker is killed with SIGKILL right after the last acknowledgement")
     sessions = stored_sessions()
     check("durable-subscriber" in sessions and "classic-clean" not in sessions,
           "the store holds the persistent session and nothing of the 3.1.1 clean session", str(sessions))
@@ -221,8 +220,7 @@ def inbound_qos2_is_not_routed_twice():
     subscriber.close()
     publisher = RawClient(broker.port, "exactly-once-writer")
     publisher.publish_qos2("meter/1", "reading-1", packet_id=7)
-    broker.kill()
-    check(True, "killed after PUBREC, before the publisher's PUBREL")
+    broker.kill("killed after PUBREC, before the publisher's PUBREL")
     broker = Broker()
     publisher = RawClient(broker.port, "exactly-once-writer")
     check(publisher.session_present, "the publisher's session comes back")
