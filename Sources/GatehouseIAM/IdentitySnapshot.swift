@@ -123,6 +123,17 @@ extension IdentityStore {
 }
 
 extension IdentityStore {
+    /// The changes another process made after `seen`, bounded by the snapshot now in memory so
+    /// that every check made next (which may read the snapshot) already sees them. Reading the
+    /// audit past the snapshot would mark a change seen while the checks still judged on the
+    /// state before it, and that change would never be enforced.
+    public func changesToEnforce(after seen: Int64) async throws -> (latest: Int64, identityIDs: Set<String>) {
+        _ = try await refreshIfChanged()
+        let through = try await snapshot().sequence
+        guard through > seen else { return (seen, []) }
+        return try await offloaded { [self] in try identitiesChanged(after: seen, through: through) }
+    }
+
     /// Decides on the in-memory snapshot; a refusal is decided again on a fresh snapshot if
     /// the store changed since (a token the CLI created a moment ago, an identity enabled
     /// again), so only refusals ever cost a database read.

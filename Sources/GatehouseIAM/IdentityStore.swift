@@ -331,12 +331,16 @@ public final class IdentityStore: Sendable {
         try read { db in try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(sequence), 0) FROM audit") ?? 0 }
     }
 
-    /// Identities touched by changes after `sequence` ('*' when a change may affect anyone).
-    public func identitiesChanged(after sequence: Int64) throws -> (latest: Int64, identityIDs: Set<String>) {
+    /// Identities touched by changes after `sequence` and up to `last` ('*' when a change may
+    /// affect anyone).
+    public func identitiesChanged(
+        after sequence: Int64, through last: Int64 = .max
+    ) throws -> (latest: Int64, identityIDs: Set<String>) {
         try read { db in
             let rows = try Row.fetchAll(
-                db, sql: "SELECT sequence, identity_id FROM audit WHERE sequence > ? ORDER BY sequence",
-                arguments: [sequence])
+                db,
+                sql: "SELECT sequence, identity_id FROM audit WHERE sequence > ? AND sequence <= ? ORDER BY sequence",
+                arguments: [sequence, last])
             var latest = sequence
             var identities = Set<String>()
             for row in rows {

@@ -61,13 +61,11 @@ struct RevocationEnforcer: Service {
         // shutdown (the sleep is cancelled).
         while !Task.isShuttingDownGracefully {
             do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
-            // The authenticators' in-memory view first, so that no CONNECT after this point
-            // is judged on the old state; then the sessions.
-            _ = try? await store.refreshIfChanged()
-            let since = seen
-            guard let changed = try? await store.offloaded({ [store] in try store.identitiesChanged(after: since) }),
-                changed.latest != seen
-            else { continue }
+            // The authenticators' in-memory view is refreshed first, so that no CONNECT after
+            // this point is judged on the old state; then the sessions.
+            guard let changed = try? await store.changesToEnforce(after: seen), changed.latest != seen else {
+                continue
+            }
             seen = changed.latest
             await enforce(changed.identityIDs)
         }

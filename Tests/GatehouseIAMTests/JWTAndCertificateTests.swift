@@ -140,6 +140,28 @@ struct JWTTests {
         #expect(try store.auditLog().contains { $0.action == "jwt.revoke" && $0.subject == "alice" })
     }
 
+    @Test("the broker's poll reports a change the CLI made only together with the snapshot that shows it")
+    func changesFromAnotherProcess() async throws {
+        let (temporary, issuer, authenticator) = try ownIssuer()
+        let broker = temporary.store
+        let jwt = try await issuer.issue(for: "alice", lifetime: 600, actor: "t")
+        let principal = try #require(await authenticator.authenticate(credentials(password: jwt)).principal)
+        let tokenID = try #require(principal.credentialID?.split(separator: "#").last.map(String.init))
+        let seen = try broker.latestChange()
+
+        let cli = try IdentityStore(path: broker.path)  // another connection to the same file
+        try JWTIssuer.revoke(tokenID, in: cli, actor: "cli")
+        // The broker's snapshot predates the revocation, so the session still looks valid: a
+        // poll that marked the change seen now would never end it.
+        #expect(await broker.isStillValid(principal))
+        #expect(try broker.identitiesChanged(after: seen, through: seen).identityIDs.isEmpty)
+        let changed = try await broker.changesToEnforce(after: seen)
+        #expect(changed.latest == seen + 1 && changed.identityIDs == [principal.identityID])
+        #expect(await !broker.isStillValid(principal))
+        let again = try await broker.changesToEnforce(after: changed.latest)
+        #expect(again.latest == changed.latest && again.identityIDs.isEmpty)
+    }
+
     @Test("once a key is resolved, tokens verify without suspending; refusals always take the asynchronous way")
     func immediatePath() async throws {
         let (temporary, signer, _) = try await externalIssuer()
