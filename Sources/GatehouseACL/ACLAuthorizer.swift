@@ -21,6 +21,10 @@ public final class ACLAuthorizer: Authorizer, Sendable {
     }
 
     public func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision {
+        table.decide(principal, action, topic: TopicLevels(topic)).0
+    }
+
+    public func authorize(_ principal: Principal, _ action: Action, topic: TopicLevels) -> Decision {
         table.decide(principal, action, topic: topic).0
     }
 }

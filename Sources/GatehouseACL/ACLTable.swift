@@ -165,11 +165,12 @@ public final class ACLTable: Sendable, AtomicReference {
 
     /// The decision and, for operators only, the rule that made it (nil: no rule allowed it).
     public func decide(_ principal: Principal, _ action: Action, topic: String) -> (Decision, ACLSource?) {
+        decide(principal, action, topic: TopicLevels(topic))
+    }
+
+    public func decide(_ principal: Principal, _ action: Action, topic: TopicLevels) -> (Decision, ACLSource?) {
         guard let roleTries = tries[action] else { return (.reject, nil) }
-        // Split on bytes: splitting a String walks grapheme clusters.
-        let levels = topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map {
-            Substring($0)
-        }
+        let levels = topic.levels
         var allowing: ACLRule?
         func consider(_ role: String) -> ACLRule? {
             guard let root = roleTries[role] else { return nil }

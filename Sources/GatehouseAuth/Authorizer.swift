@@ -17,6 +17,9 @@ public enum Decision: Sendable, Hashable {
 public protocol Authorizer: Sendable {
     func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision
 
+    /// The same decision on a topic already split (a PUBLISH splits its topic once).
+    func authorize(_ principal: Principal, _ action: Action, topic: TopicLevels) -> Decision
+
     /// Changes whenever the rules change, so that callers may cache decisions per connection
     /// and drop them when it moves; negative (the default) means decisions must not be cached.
     var generation: Int { get }
@@ -24,6 +27,10 @@ public protocol Authorizer: Sendable {
 
 extension Authorizer {
     public var generation: Int { -1 }
+
+    public func authorize(_ principal: Principal, _ action: Action, topic: TopicLevels) -> Decision {
+        authorize(principal, action, topic: topic.name)
+    }
 }
 
 /// A connection's recent decisions for one action, valid for one authorizer generation.
@@ -36,7 +43,7 @@ public struct DecisionCache: Sendable {
     public init(capacity: Int = 256) { self.capacity = capacity }
 
     public mutating func decide(
-        _ authorizer: any Authorizer, _ principal: Principal, _ action: Action, topic: String
+        _ authorizer: any Authorizer, _ principal: Principal, _ action: Action, topic: TopicLevels
     ) -> Decision {
         let current = authorizer.generation
         guard current >= 0 else { return authorizer.authorize(principal, action, topic: topic) }
@@ -44,10 +51,10 @@ public struct DecisionCache: Sendable {
             decisions.removeAll(keepingCapacity: true)
             generation = current
         }
-        if let known = decisions[topic] { return known }
+        if let known = decisions[topic.name] { return known }
         let decision = authorizer.authorize(principal, action, topic: topic)
         if decisions.count >= capacity { decisions.removeAll(keepingCapacity: true) }
-        decisions[topic] = decision
+        decisions[topic.name] = decision
         return decision
     }
 }

@@ -22,14 +22,16 @@ public final class AccessControl: Authorizer {
         authorizer.authorize(principal, action, topic: topic)
     }
 
+    public func authorize(_ principal: Principal, _ action: Action, topic: TopicLevels) -> Decision {
+        authorizer.authorize(principal, action, topic: topic)
+    }
+
     public var generation: Int { authorizer.generation }
 
     /// A client's PUBLISH: never into a `$` topic (the broker owns them), else as the rules say.
-    func mayPublish(_ principal: Principal, topic: String, decisions: inout DecisionCache) -> Bool {
-        guard topic.utf8.first != UInt8(ascii: "$"),
-            decisions.decide(authorizer, principal, .publish, topic: topic) == .accept
-        else {
-            noteRejection(principal, .publish, topic: topic)
+    func mayPublish(_ principal: Principal, topic: TopicLevels, decisions: inout DecisionCache) -> Bool {
+        guard !topic.isDollarTopic, decisions.decide(authorizer, principal, .publish, topic: topic) == .accept else {
+            noteRejection(principal, .publish, topic: topic.name)
             return false
         }
         return true

@@ -235,6 +235,10 @@ public final class Broker: Sendable {
     // MARK: Subscriptions
 
     /// Whether `topic` (a name or a filter) is within the configured number of levels.
+    public func isWithinTopicLevelLimit(_ topic: TopicLevels) -> Bool {
+        topic.count <= configuration.maximumTopicLevels
+    }
+
     public func isWithinTopicLevelLimit(_ topic: String) -> Bool {
         var levels = 1
         for byte in topic.utf8 where byte == UInt8(ascii: "/") {
@@ -258,10 +262,10 @@ public final class Broker: Sendable {
 
     // MARK: Routing
 
-    /// Routes an accepted message; see `Router.publish(_:into:)`.
+    /// Routes an accepted message whose topic is split in `topic`; see `Router.publish`.
     @discardableResult
-    public func publish(_ message: RoutedMessage, into batch: inout DeliveryBatch) -> Int {
-        router.publish(message, into: &batch)
+    public func publish(_ message: RoutedMessage, topic: TopicLevels, into batch: inout DeliveryBatch) -> Int {
+        router.publish(message, topic: topic, into: &batch)
     }
 
     /// Retained messages for a new subscription go to that session alone, flagged retained.

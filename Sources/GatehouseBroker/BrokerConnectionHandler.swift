@@ -489,13 +489,14 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
         }
         var code: MQTTReasonCode = .success
+        let levels = TopicLevels(topic)
         if publish.properties.payloadFormatIndicator == 1
             && String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
         {
             code = .payloadFormatInvalid
-        } else if !broker.isWithinTopicLevelLimit(topic) {
+        } else if !broker.isWithinTopicLevelLimit(levels) {
             code = .topicNameInvalid
-        } else if !broker.access.mayPublish(connected.principal, topic: topic, decisions: &publishDecisions) {
+        } else if !broker.access.mayPublish(connected.principal, topic: levels, decisions: &publishDecisions) {
             code = .notAuthorized
         }
 
@@ -503,7 +504,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             let message = RoutedMessage(
                 publish: publish, topic: topic, publisherClientID: connected.session.clientID, now: .now())
             deliveries.wroteToStore = false
-            if broker.publish(message, into: &deliveries) == 0 && version == .v5 { code = .noMatchingSubscribers }
+            if broker.publish(message, topic: levels, into: &deliveries) == 0 && version == .v5 {
+                code = .noMatchingSubscribers
+            }
             if deliveries.wroteToStore { durable = true }
         } else if code.isFailure {
             logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(code)"])

@@ -85,17 +85,17 @@ public final class Router: Sendable {
     /// Connections to wake go into `batch`, so the caller can wake each event loop once per
     /// read cycle. Returns how many sessions it reached.
     @discardableResult
-    func publish(_ message: RoutedMessage, into batch: inout DeliveryBatch) -> Int {
+    func publish(_ message: RoutedMessage, topic: TopicLevels, into batch: inout DeliveryBatch) -> Int {
         if message.retain, retained.store(message) { batch.wroteToStore = true }
         defer { forwarding?.forward(message) }
-        let match = subscriptions.snapshot.matchAll(topic: message.topic, publisherClientID: message.publisherClientID)
+        let match = subscriptions.snapshot.matchAll(topic: topic, publisherClientID: message.publisherClientID)
         guard !match.isEmpty else { return 0 }
         var reached = 0
         // Fan-out: encode the shared QoS 0 forms once instead of once per subscriber.
         var message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
         for delivery in match.deliveries.values {
             guard let session = delivery.session else { continue }
-            reached += enqueue(&message, delivery, to: session, into: &batch)
+            reached += enqueue(&message, delivery, topic: topic, to: session, into: &batch)
         }
         // Each shared group sends one copy, to the next member in turn that is connected (or,
         // if none is, to the next member at all, whose session queues it).
@@ -110,7 +110,7 @@ public final class Router: Sendable {
                 if chosen == nil { chosen = entry }
             }
             guard let chosen, let session = chosen.session else { continue }
-            reached += enqueue(&message, Delivery(chosen), to: session, into: &batch)
+            reached += enqueue(&message, Delivery(chosen), topic: topic, to: session, into: &batch)
         }
         if let id = message.storedID { storage?.store.append(.messageRouted(id)) }
         return reached
@@ -119,7 +119,7 @@ public final class Router: Sendable {
     /// Routes a message from outside any read cycle (a Will, `$SYS`) and wakes its subscribers.
     func publishNow(_ message: RoutedMessage) {
         var batch = DeliveryBatch()
-        publish(message, into: &batch)
+        publish(message, topic: TopicLevels(message.topic), into: &batch)
         batch.wakeAll()
     }
 
@@ -127,6 +127,7 @@ public final class Router: Sendable {
     private func enqueue(
         _ message: inout RoutedMessage,
         _ delivery: Delivery,
+        topic: TopicLevels,
         to session: Session,
         into batch: inout DeliveryBatch
     ) -> Int {
@@ -134,7 +135,7 @@ public final class Router: Sendable {
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
             subscriptionIdentifiers: delivery.subscriptionIdentifiers)
-        let enqueued = session.enqueue(&message, stored, readPermittedBy: access)
+        let enqueued = session.enqueue(&message, stored, topic: topic, readPermittedBy: access)
         batch.add(enqueued)
         return enqueued.accepted ? 1 : 0
     }
@@ -151,7 +152,7 @@ public final class Router: Sendable {
             let delivery = StoredDelivery(
                 qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
             )
-            batch.add(session.enqueue(&message, delivery, readPermittedBy: access))
+            batch.add(session.enqueue(&message, delivery, topic: TopicLevels(message.topic), readPermittedBy: access))
         }
     }
 }

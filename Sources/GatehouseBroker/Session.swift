@@ -382,10 +382,11 @@ public final class Session: @unchecked Sendable {
     func enqueue(
         _ message: inout RoutedMessage,
         _ delivery: StoredDelivery,
+        topic: TopicLevels,
         readPermittedBy authorizer: any Authorizer
     ) -> Enqueued {
         lock.withLock {
-            guard readDecisions.decide(authorizer, _principal, .read, topic: message.topic) == .accept else {
+            guard readDecisions.decide(authorizer, _principal, .read, topic: topic) == .accept else {
                 return Enqueued()
             }
             var result = Enqueued(accepted: true)

@@ -1,4 +1,5 @@
 import Atomics
+public import GatehouseAuth
 public import MQTTCore
 
 /// One client's subscription to one filter, as the router sees it.
@@ -221,14 +222,17 @@ public struct SubscriptionTrie: Sendable {
     /// Every client a PUBLISH on `topic` reaches through ordinary subscriptions, merged per
     /// client (No Local hides a client's own messages [MQTT-3.8.3-3]), plus the shared groups
     /// it matches; each group delivers one copy, apart from any ordinary one. [MQTT-4.8.2]
-    public func matchAll(topic: String, publisherClientID: String?) -> Match {
+    public func matchAll(topic: TopicLevels, publisherClientID: String?) -> Match {
         var result = Match()
-        let levels = Self.levels(topic)
         // Wildcards at the first level never match a $-topic. [MQTT-4.7.2-1]
-        let isDollarTopic = topic.utf8.first == UInt8(ascii: "$")
         collect(
-            root, levels: levels, index: 0, isDollarTopic: isDollarTopic, publisher: publisherClientID, into: &result)
+            root, levels: topic.levels, index: 0, isDollarTopic: topic.isDollarTopic, publisher: publisherClientID,
+            into: &result)
         return result
+    }
+
+    public func matchAll(topic: String, publisherClientID: String?) -> Match {
+        matchAll(topic: TopicLevels(topic), publisherClientID: publisherClientID)
     }
 
     public struct Match: Sendable {
@@ -282,9 +286,5 @@ public struct SubscriptionTrie: Sendable {
         }
     }
 
-    /// Splits on UTF-8 bytes: `/` never occurs inside a multi-byte sequence, and walking
-    /// bytes avoids the grapheme-cluster work of splitting a String by Character.
-    static func levels(_ topic: String) -> [Substring] {
-        topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { Substring($0) }
-    }
+    static func levels(_ filter: String) -> [Substring] { TopicLevels(filter).levels }
 }

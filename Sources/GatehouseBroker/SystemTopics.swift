@@ -1,3 +1,4 @@
+import GatehouseAuth
 import MQTTCore
 public import NIOCore
 
@@ -31,7 +32,7 @@ extension Broker {
         for (topic, value) in systemTopics(version: version, now: now) {
             let message = RoutedMessage(
                 topic: topic, payload: ByteBuffer(string: value), qos: .atMostOnce, retain: true)
-            publish(message, into: &batch)
+            publish(message, topic: TopicLevels(topic), into: &batch)
         }
         batch.wakeAll()
     }

@@ -22,16 +22,16 @@ struct DecisionCacheTests {
     func generations() {
         let authorizer = CountingAuthorizer()
         var cache = DecisionCache(capacity: 2)
-        for _ in 0..<5 { #expect(cache.decide(authorizer, someone, .publish, topic: "a") == .accept) }
-        #expect(cache.decide(authorizer, someone, .publish, topic: "secret/x") == .reject)
+        for _ in 0..<5 { #expect(cache.decide(authorizer, someone, .publish, topic: TopicLevels("a")) == .accept) }
+        #expect(cache.decide(authorizer, someone, .publish, topic: TopicLevels("secret/x")) == .reject)
         #expect(authorizer.asked.load(ordering: .relaxed) == 2)
         authorizer.current.store(1, ordering: .relaxed)
-        #expect(cache.decide(authorizer, someone, .publish, topic: "a") == .accept)
+        #expect(cache.decide(authorizer, someone, .publish, topic: TopicLevels("a")) == .accept)
         #expect(authorizer.asked.load(ordering: .relaxed) == 3)
         // Full at capacity: cleared rather than grown.
-        _ = cache.decide(authorizer, someone, .publish, topic: "b")
-        _ = cache.decide(authorizer, someone, .publish, topic: "c")
-        _ = cache.decide(authorizer, someone, .publish, topic: "a")
+        _ = cache.decide(authorizer, someone, .publish, topic: TopicLevels("b"))
+        _ = cache.decide(authorizer, someone, .publish, topic: TopicLevels("c"))
+        _ = cache.decide(authorizer, someone, .publish, topic: TopicLevels("a"))
         #expect(authorizer.asked.load(ordering: .relaxed) == 6)
     }
 
@@ -42,7 +42,7 @@ struct DecisionCacheTests {
             let answer: Decision
             func authorize(_ principal: Principal, _ action: Action, topic: String) -> Decision { answer }
         }
-        #expect(cache.decide(Flip(answer: .reject), someone, .read, topic: "a") == .reject)
-        #expect(cache.decide(Flip(answer: .accept), someone, .read, topic: "a") == .accept)
+        #expect(cache.decide(Flip(answer: .reject), someone, .read, topic: TopicLevels("a")) == .reject)
+        #expect(cache.decide(Flip(answer: .accept), someone, .read, topic: TopicLevels("a")) == .accept)
     }
 }
