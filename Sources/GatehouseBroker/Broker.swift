@@ -235,10 +235,6 @@ public final class Broker: Sendable {
     // MARK: Subscriptions
 
     /// Whether `topic` (a name or a filter) is within the configured number of levels.
-    public func isWithinTopicLevelLimit(_ topic: TopicLevels) -> Bool {
-        topic.count <= configuration.maximumTopicLevels
-    }
-
     public func isWithinTopicLevelLimit(_ topic: String) -> Bool {
         var levels = 1
         for byte in topic.utf8 where byte == UInt8(ascii: "/") {
