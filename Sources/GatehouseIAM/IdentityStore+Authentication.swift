@@ -33,7 +33,7 @@ extension IdentityStore {
     private static let matchColumns = """
         SELECT identity.*, tenant.enabled AS tenant_enabled, credential.id AS credential_id,
                credential.expires_at, credential.roles AS limited_roles,
-               credential.secret_hash, credential.kdf
+               credential.secret_hash, credential.kdf, credential.scram
         FROM credential
         JOIN identity ON identity.id = credential.identity_id
         JOIN tenant ON tenant.name = identity.tenant
@@ -60,6 +60,25 @@ extension IdentityStore {
             else { return nil }
             let hash: Data = row["secret_hash"]
             return (try Self.match(db, row), Array(hash), row["kdf"])
+        }
+    }
+
+    /// The SCRAM verifier of `username`'s password, if the password was set since verifiers
+    /// are stored.
+    func scramMatch(username: String) async throws -> (match: CredentialMatch, verifier: SCRAMVerifier)? {
+        try await readAsync { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: Self.matchColumns
+                        + """
+                         WHERE credential.kind = 'password' AND identity.name = ?
+                        AND credential.revoked_at IS NULL
+                        """,
+                    arguments: [username]),
+                let text: String = row["scram"], let verifier = SCRAMVerifier(text: text)
+            else { return nil }
+            return (try Self.match(db, row), verifier)
         }
     }
 

@@ -11,6 +11,7 @@ extension IdentityStore {
     {
         guard password.utf8.count >= 8 else { throw IAMError("a password needs at least 8 characters") }
         let (hash, kdf) = try hasher.hash(password)
+        let scram = try SCRAMVerifier.make(password: password)
         try write { db in
             let identity = try Self.identity(db, named: name)
             try db.execute(
@@ -19,10 +20,10 @@ extension IdentityStore {
                 arguments: [now(), identity.id])
             try db.execute(
                 sql: """
-                    INSERT INTO credential (id, identity_id, kind, secret_hash, kdf, created_at)
-                    VALUES (?, ?, 'password', ?, ?, ?)
+                    INSERT INTO credential (id, identity_id, kind, secret_hash, kdf, scram, created_at)
+                    VALUES (?, ?, 'password', ?, ?, ?, ?)
                     """,
-                arguments: [randomID("pwd"), identity.id, Data(hash), kdf, now()])
+                arguments: [randomID("pwd"), identity.id, Data(hash), kdf, scram.text, now()])
             try Self.audit(db, actor: actor, action: "password.set", subject: name, identityID: identity.id)
         }
     }

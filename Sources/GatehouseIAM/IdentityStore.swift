@@ -262,6 +262,11 @@ public final class IdentityStore: Sendable {
                     CREATE INDEX enrolled_certificate_fingerprint ON enrolled_certificate(fingerprint);
                     """)
         }
+        migrator.registerMigration("6-scram") { db in
+            // The SCRAM-SHA-256 verifier beside a password's scrypt hash (PostgreSQL's notation).
+            // Passwords set before it have none: SCRAM refuses them until they are set again.
+            try db.execute(sql: "ALTER TABLE credential ADD COLUMN scram TEXT")
+        }
         return migrator
     }
 

@@ -45,6 +45,9 @@ public struct MQTTProperties: Hashable, Sendable, ExpressibleByArrayLiteral {
     public var authenticationMethod: String? {
         first { if case .authenticationMethod(let v) = $0 { v } else { nil } }
     }
+    public var authenticationData: [UInt8]? {
+        first { if case .authenticationData(let v) = $0 { v } else { nil } }
+    }
     public var subscriptionIdentifiers: [UInt32] {
         items.compactMap { if case .subscriptionIdentifier(let v) = $0 { v } else { nil } }
     }
