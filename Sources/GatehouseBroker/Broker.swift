@@ -41,6 +41,8 @@ public struct BrokerConfiguration: Sendable {
 public final class Broker: Sendable {
     public let configuration: BrokerConfiguration
     public let authenticator: any Authenticator
+    /// MQTT 5 enhanced authentication (SCRAM, re-authentication), when configured.
+    public let enhancedAuthenticator: (any EnhancedAuthenticator)?
     public let authorizer: any Authorizer
     /// Every decision the broker asks of `authorizer` goes through here.
     public let access: AccessControl
@@ -59,6 +61,7 @@ public final class Broker: Sendable {
     public init(
         configuration: BrokerConfiguration,
         authenticator: any Authenticator,
+        enhancedAuthenticator: (any EnhancedAuthenticator)? = nil,
         authorizer: any Authorizer,
         store: (any BrokerStore)? = nil,
         forwarding: (any RouteForwarding)? = nil,
@@ -66,6 +69,7 @@ public final class Broker: Sendable {
     ) {
         self.configuration = configuration
         self.authenticator = authenticator
+        self.enhancedAuthenticator = enhancedAuthenticator
         self.authorizer = authorizer
         let access = AccessControl(authorizer: authorizer, statistics: statistics, logger: logger)
         self.access = access

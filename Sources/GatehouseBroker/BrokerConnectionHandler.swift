@@ -18,9 +18,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let principal: Principal
     }
 
+    /// What an enhanced authentication exchange is for.
+    private enum ExchangePurpose {
+        case connect(ConnectionProtocol.ConnectRequest)
+        case reauthenticate
+    }
+
     // Only touched on the event loop (hence @unchecked Sendable for the protocol's sake).
     private var connection: ConnectionProtocol
     private var attached: Attachment?
+    /// The server's half of an enhanced authentication waiting for the client's AUTH.
+    private var exchange: (continuation: any EnhancedAuthenticationContinuation, purpose: ExchangePurpose)?
     private var context: ChannelHandlerContext?
     private var deliveries = DeliveryBatch()
     /// Acknowledgements waiting for the store to commit what they promise, in the order they
@@ -168,7 +176,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         switch step {
         case .authenticate(let request):
             connectTimeoutTask?.cancel()
-            authenticate(request)
+            if request.authenticationMethod != nil {
+                startExchange(request)
+            } else {
+                authenticate(request)
+            }
+        case .continueAuthentication(let data):
+            guard let (continuation, purpose) = exchange else { return }
+            exchange = nil
+            runExchangeStep(purpose) { await continuation.respond(data) }
+        case .reauthenticate(let data):
+            reauthenticate(data)
         case .hold, .ignore:
             break
         case .publish(let publish, let topic):
@@ -229,7 +247,105 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         }
     }
 
-    private func finishConnect(_ request: ConnectionProtocol.ConnectRequest, outcome: AuthenticationOutcome) {
+    // MARK: Enhanced authentication [MQTT-4.12]
+
+    private func startExchange(_ request: ConnectionProtocol.ConnectRequest) {
+        guard let method = request.authenticationMethod, let authenticator = broker.enhancedAuthenticator,
+            authenticator.methods.contains(method)
+        else {
+            logger.info(
+                "authentication method not offered", metadata: ["method": "\(request.authenticationMethod ?? "")"])
+            sendAndClose(connection.methodRefused())
+            return
+        }
+        logger.clientID = request.clientID
+        let credentials = ConnectCredentials(
+            clientIdentifier: request.clientID, username: request.connect.username,
+            remoteAddress: context?.remoteAddress?.ipAddress)
+        clientCertificate = nil
+        let data = request.authenticationData
+        runExchangeStep(.connect(request)) {
+            await authenticator.start(method: method, data: data, credentials: credentials)
+        }
+    }
+
+    /// AUTH 0x19: the connected client presents new credentials with its CONNECT's method.
+    private func reauthenticate(_ data: [UInt8]) {
+        guard let attached, let method = connection.authenticationMethod,
+            let authenticator = broker.enhancedAuthenticator
+        else { return }
+        let credentials = ConnectCredentials(
+            clientIdentifier: attached.principal.clientIdentifier, username: attached.principal.username,
+            remoteAddress: context?.remoteAddress?.ipAddress)
+        runExchangeStep(.reauthenticate) {
+            await authenticator.start(method: method, data: data, credentials: credentials)
+        }
+    }
+
+    /// Runs one step of an exchange off the loop and carries on with its answer on the loop.
+    private func runExchangeStep(
+        _ purpose: ExchangePurpose, _ step: @escaping @Sendable () async -> EnhancedAuthenticationStep
+    ) {
+        let answer = eventLoop.makePromise(of: EnhancedAuthenticationStep.self)
+        answer.completeWithTask(step)
+        answer.futureResult.assumeIsolatedUnsafeUnchecked().whenSuccess { [self] step in
+            continueExchange(step, purpose)
+        }
+    }
+
+    private func continueExchange(_ step: EnhancedAuthenticationStep, _ purpose: ExchangePurpose) {
+        guard connection.phase == .authenticating || connection.phase == .connected else { return }
+        switch (step, purpose) {
+        case (.challenge(let data, let next), _):
+            exchange = (next, purpose)
+            send(connection.challenge(data))
+        case (.accepted(let principal, let data), .connect(let request)):
+            finishConnect(request, outcome: .accepted(principal), authenticationData: data)
+        case (.accepted(let principal, let data), .reauthenticate):
+            reauthenticated(as: principal, data: data)
+        case (.rejected, .connect):
+            logger.info("authentication refused")
+            sendAndClose(connection.authenticationRefused())
+        case (.rejected, .reauthenticate):
+            logger.info("re-authentication refused")
+            close(sendingDisconnect: .notAuthorized)
+        }
+    }
+
+    /// The session keeps going under the new credential: its roles decide from now on, and its
+    /// expiry replaces the old one's. Another identity may not take the session over this way.
+    private func reauthenticated(as principal: Principal, data: [UInt8]?) {
+        guard let previous = attached else { return }
+        guard principal.identityID == previous.principal.identityID else {
+            logger.notice(
+                "re-authentication as another identity refused", metadata: ["identity": "\(principal.identityID)"])
+            close(sendingDisconnect: .notAuthorized)
+            return
+        }
+        attached = Attachment(session: previous.session, principal: principal)
+        previous.session.replacePrincipal(principal)
+        publishDecisions = DecisionCache()
+        armCredentialExpiry(principal)
+        logger.info("re-authenticated")
+        send(connection.reauthenticated(data: data))
+    }
+
+    private func armCredentialExpiry(_ principal: Principal) {
+        credentialExpiryTask?.cancel()
+        credentialExpiryTask = nil
+        guard let expiresAt = principal.expiresAt else { return }
+        // The credential's end is the session's end. [DISCONNECT 0x87 in 5.0]
+        let remaining = max(0, expiresAt - Int64(Date().timeIntervalSince1970))
+        credentialExpiryTask = eventLoop.scheduleTask(in: .seconds(remaining)) { [self] in
+            logger.info("credential expired")
+            close(sendingDisconnect: .notAuthorized)
+        }
+    }
+
+    private func finishConnect(
+        _ request: ConnectionProtocol.ConnectRequest, outcome: AuthenticationOutcome,
+        authenticationData: [UInt8]? = nil
+    ) {
         guard connection.phase == .authenticating else { return }  // closed meanwhile
         guard case .accepted(let principal) = outcome else {
             logger.info("authentication refused")
@@ -258,7 +374,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             previous.disconnect(reason: .sessionTakenOver)
         }
         attached = Attachment(session: opened.session, principal: principal)
-        let accepted = connection.accepted(sessionPresent: opened.sessionPresent)
+        let accepted = connection.accepted(
+            sessionPresent: opened.sessionPresent, authenticationData: authenticationData)
         // The store keeps this connection's Will (and forgets a previous connection's), so that a
         // crash of the broker ends the connection as a drop would.
         opened.session.disarmWill()
@@ -274,14 +391,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             lastPacketAt = eventLoop.now
             armKeepAlive(in: keepAliveTimeout)
         }
-        if let expiresAt = principal.expiresAt {
-            // The credential's end is the session's end. [DISCONNECT 0x87 in 5.0]
-            let remaining = max(0, expiresAt - Int64(Date().timeIntervalSince1970))
-            credentialExpiryTask = eventLoop.scheduleTask(in: .seconds(remaining)) { [self] in
-                logger.info("credential expired")
-                close(sendingDisconnect: .notAuthorized)
-            }
-        }
+        armCredentialExpiry(principal)
         logger.debug(
             "connected",
             metadata: ["version": "\(connection.version)", "session_present": "\(opened.sessionPresent)"])
@@ -507,8 +617,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         eventLoop.execute { [self] in close(sendingDisconnect: reason) }
     }
 
+    /// Writes a packet to a connected client (or, for AUTH, one still authenticating).
     private func send(_ packet: MQTTPacket) {
-        guard let context, connection.phase == .connected else { return }
+        guard let context, connection.phase == .connected || connection.phase == .authenticating else { return }
         write(packet, version: connection.version, context: context)
         flushOrDefer(context)
     }

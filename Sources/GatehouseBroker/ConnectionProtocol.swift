@@ -24,6 +24,9 @@ struct ConnectionProtocol {
         var assignedIdentifier: String?
         var sessionExpiryInterval: UInt32
         var receiveMaximum: Int
+        /// Enhanced authentication [MQTT-4.12]: the method CONNECT named, and its data.
+        var authenticationMethod: String?
+        var authenticationData: [UInt8] = []
     }
 
     /// What the handler is to do with a packet.
@@ -32,6 +35,10 @@ struct ConnectionProtocol {
         case authenticate(ConnectRequest)
         /// Kept until authentication ends; `accepted` hands it back.
         case hold
+        /// The client's AUTH 0x18: its answer to the challenge the handler sent.
+        case continueAuthentication(data: [UInt8])
+        /// The client's AUTH 0x19: it presents new credentials while connected.
+        case reauthenticate(data: [UInt8])
         /// An inbound PUBLISH, its topic alias resolved to `topic`.
         case publish(MQTTPacket.Publish, topic: String)
         /// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE or UNSUBSCRIBE: the session's work.
@@ -68,6 +75,11 @@ struct ConnectionProtocol {
     var outboundTopicAliases = OutboundTopicAliases(maximum: 0)
     /// The client's Maximum Packet Size: larger messages are not sent to it. [MQTT-3.1.2-24]
     private(set) var clientMaximumPacketSize = Int.max
+    /// The enhanced authentication method of this connection, fixed at CONNECT. [MQTT-4.12.0-5]
+    private(set) var authenticationMethod: String?
+    /// A challenge went out and the client's AUTH 0x18 is due.
+    private var awaitingClientAuthentication = false
+    private(set) var reauthenticating = false
 
     init(limits: BrokerConfiguration) { self.limits = limits }
 
@@ -78,6 +90,8 @@ struct ConnectionProtocol {
         case .awaitingConnect:
             guard case .connect(let connect) = packet else { return .close(reason: nil) }  // [MQTT-3.1.0-1]
             return beginConnect(connect)
+        case .authenticating where authenticationMethod != nil:
+            return receiveDuringExchange(packet)
         case .authenticating:
             pending.append(packet)
             return .hold
@@ -115,9 +129,11 @@ struct ConnectionProtocol {
             version == .v5 ? (connect.properties.sessionExpiryInterval ?? 0) : (connect.cleanStart ? 0 : UInt32.max)
         let receiveMaximum =
             version == .v5 ? Int(connect.properties.receiveMaximum ?? UInt16.max) : limits.maximumInflightMessages
+        authenticationMethod = version == .v5 ? connect.properties.authenticationMethod : nil
         let request = ConnectRequest(
             connect: connect, clientID: clientID, assignedIdentifier: assignedIdentifier,
-            sessionExpiryInterval: expiry, receiveMaximum: receiveMaximum)
+            sessionExpiryInterval: expiry, receiveMaximum: receiveMaximum, authenticationMethod: authenticationMethod,
+            authenticationData: connect.properties.authenticationData ?? [])
         self.request = request
         phase = .authenticating
         return .authenticate(request)
@@ -135,10 +151,46 @@ struct ConnectionProtocol {
             return receiveDisconnect(disconnect)
         case .connect:
             return .close(reason: .protocolError)  // a second CONNECT [MQTT-3.1.0-2]
-        case .auth:
-            return .close(reason: .protocolError)  // no extended authentication was started
+        case .auth(let auth):
+            return receiveAuth(auth)
         case .connack, .suback, .unsuback, .pingresp:
             return .close(reason: .protocolError)  // server-to-client packets
+        }
+    }
+
+    /// Before CONNACK of an enhanced authentication only AUTH and DISCONNECT may come. [MQTT-3.1.2-30]
+    private mutating func receiveDuringExchange(_ packet: MQTTPacket) -> Step {
+        switch packet {
+        case .auth(let auth)
+        where auth.reasonCode == .continueAuthentication && awaitingClientAuthentication
+            && auth.properties.authenticationMethod == authenticationMethod:
+            awaitingClientAuthentication = false
+            return .continueAuthentication(data: auth.properties.authenticationData ?? [])
+        case .disconnect:
+            phase = .closed
+            return .close(reason: nil)
+        default:
+            return refuse(.protocolError)
+        }
+    }
+
+    /// AUTH once connected: 0x19 starts a re-authentication with the CONNECT's method, 0x18
+    /// answers its challenge; anything else (or AUTH without enhanced authentication at
+    /// CONNECT) is a protocol error. [MQTT-4.12.1-1, MQTT-4.12.1-2]
+    private mutating func receiveAuth(_ auth: MQTTPacket.Auth) -> Step {
+        guard let method = authenticationMethod, auth.properties.authenticationMethod == method else {
+            return .close(reason: .protocolError)
+        }
+        let data = auth.properties.authenticationData ?? []
+        switch auth.reasonCode {
+        case .reAuthenticate where !reauthenticating:
+            reauthenticating = true
+            return .reauthenticate(data: data)
+        case .continueAuthentication where reauthenticating && awaitingClientAuthentication:
+            awaitingClientAuthentication = false
+            return .continueAuthentication(data: data)
+        default:
+            return .close(reason: .protocolError)
         }
     }
 
@@ -173,15 +225,38 @@ struct ConnectionProtocol {
     mutating func authenticationRefused() -> MQTTPacket {
         let connect = request?.connect
         let code: MQTTReasonCode =
-            connect?.username == nil && connect?.password == nil ? .notAuthorized : .badUserNameOrPassword
+            authenticationMethod == nil && (connect?.username != nil || connect?.password != nil)
+            ? .badUserNameOrPassword : .notAuthorized
         return refusal(code)
+    }
+
+    /// The CONNECT named an authentication method the broker does not offer.
+    mutating func methodRefused() -> MQTTPacket { refusal(.badAuthenticationMethod) }
+
+    /// The AUTH 0x18 that carries an authenticator's challenge; the client's answer is due.
+    mutating func challenge(_ data: [UInt8]) -> MQTTPacket {
+        awaitingClientAuthentication = true
+        return .auth(.init(reasonCode: .continueAuthentication, properties: authenticationProperties(data)))
+    }
+
+    /// A re-authentication succeeded: the AUTH 0x00 that says so.
+    mutating func reauthenticated(data: [UInt8]?) -> MQTTPacket {
+        reauthenticating = false
+        awaitingClientAuthentication = false
+        return .auth(.init(reasonCode: .success, properties: authenticationProperties(data)))
+    }
+
+    private func authenticationProperties(_ data: [UInt8]?) -> MQTTProperties {
+        var properties: [MQTTProperty] = authenticationMethod.map { [.authenticationMethod($0)] } ?? []
+        if let data { properties.append(.authenticationData(data)) }
+        return MQTTProperties(properties)
     }
 
     /// The client identifier's session belongs to another identity.
     mutating func sessionRefused() -> MQTTPacket { refusal(.notAuthorized) }
 
     /// The CONNECT is accepted and its session opened (`sessionPresent`: it existed before).
-    mutating func accepted(sessionPresent: Bool) -> Accepted {
+    mutating func accepted(sessionPresent: Bool, authenticationData: [UInt8]? = nil) -> Accepted {
         guard phase == .authenticating, let request else {
             preconditionFailure("accepted(sessionPresent:) outside authentication")
         }
@@ -204,6 +279,7 @@ struct ConnectionProtocol {
                 .subscriptionIdentifierAvailable(1),
                 .sharedSubscriptionAvailable(1),
             ]
+            properties += authenticationProperties(authenticationData).items
         }
         // The broker's maximum keep-alive overrides a longer (or disabled) one. [MQTT-3.2.2-21]
         var keepAlive = connect.keepAlive

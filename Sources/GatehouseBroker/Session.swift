@@ -194,6 +194,19 @@ public final class Session: @unchecked Sendable {
         }
     }
 
+    /// A re-authenticated connection's new principal (same identity, new roles or expiry):
+    /// decisions from now on are made for it, and a stored session keeps it.
+    func replacePrincipal(_ principal: Principal) {
+        lock.withLock {
+            _principal = principal
+            readDecisions = DecisionCache()
+            if inStore {
+                storage?.store.append(
+                    .sessionOpened(clientID: clientID, principal: principal, expiryInterval: _expiryInterval))
+            }
+        }
+    }
+
     /// The session ended (expired, or replaced by a clean start): the store forgets it, and
     /// deliveries that still reach this object are not written.
     func retire() {

@@ -81,6 +81,9 @@ public struct ServerConfiguration: Sendable, Equatable {
         /// name; it doubles with each further failure up to `backoffMaximum`. 0 turns it off.
         public var backoffBaseMilliseconds = 100
         public var backoffMaximumMilliseconds = 30_000
+        /// MQTT 5 enhanced authentication methods (AUTH exchange), offered by these names.
+        public static let allEnhancedMethods = ["SCRAM-SHA-256", "GH-TOKEN", "GH-JWT"]
+        public var enhancedMethods = allEnhancedMethods
 
         public init() {}
     }
@@ -272,7 +275,7 @@ extension ServerConfiguration {
         "access_token_lifetime", "refresh_token_lifetime", "max_assertion_lifetime", "refresh_retry_window",
         "jwks_cache_seconds", "jwks_ca_file", "issuer",
     ]
-    private static let authenticationKeys = ["methods", "backoff_base_ms", "backoff_max_ms"]
+    private static let authenticationKeys = ["methods", "enhanced_methods", "backoff_base_ms", "backoff_max_ms"]
     private static let limitKeys = [
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
         "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
@@ -408,6 +411,19 @@ extension ServerConfiguration {
                             methods.append(method)
                         }
                         configuration.authentication.methods = methods
+                    case "enhanced_methods":
+                        var methods: [String] = []
+                        for item in try reader.sequence(authenticationValue, name) {
+                            let method = try reader.string(item, "a method")
+                            guard Authentication.allEnhancedMethods.contains(method), !methods.contains(method) else {
+                                throw reader.error(
+                                    at: item,
+                                    "'\(method)' is not an enhanced method, or is listed twice; they are "
+                                        + Authentication.allEnhancedMethods.joined(separator: ", "))
+                            }
+                            methods.append(method)
+                        }
+                        configuration.authentication.enhancedMethods = methods
                     case "backoff_base_ms":
                         configuration.authentication.backoffBaseMilliseconds = try reader.int(
                             authenticationValue, name, in: 0...60_000)

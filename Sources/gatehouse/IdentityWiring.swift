@@ -47,6 +47,23 @@ func makeAuthenticator(_ settings: ServerConfiguration, store: IdentityStore, lo
             maximum: .milliseconds(max(base, settings.authentication.backoffMaximumMilliseconds))))
 }
 
+/// The MQTT 5 enhanced methods the configuration enables: SCRAM against the stored verifiers,
+/// and GH-TOKEN / GH-JWT, whose AUTH data is a token or JWT checked as the password would be.
+func makeEnhancedAuthenticator(_ settings: ServerConfiguration, store: IdentityStore, logger: Logger)
+    -> any EnhancedAuthenticator
+{
+    EnhancedAuthenticators(
+        settings.authentication.enhancedMethods.map { method -> any EnhancedAuthenticator in
+            switch method {
+            case "GH-TOKEN":
+                PasswordLikeMethod(method: method, authenticator: TokenAuthenticator(store: store, logger: logger))
+            case "GH-JWT":
+                PasswordLikeMethod(method: method, authenticator: JWTAuthenticator(store: store, logger: logger))
+            default: SCRAMAuthenticator(store: store, logger: logger)
+            }
+        })
+}
+
 /// Follows the identity store's audit sequence and ends the sessions whose identity, role,
 /// tenant or credential changed so that they may no longer connect (DISCONNECT 0x98 in 5.0).
 struct RevocationEnforcer: Service {

@@ -158,6 +158,7 @@ struct Serve: AsyncParsableCommand {
         let broker = Broker(
             configuration: settings.brokerConfiguration,
             authenticator: makeAuthenticator(settings, store: store, logger: logger),
+            enhancedAuthenticator: makeEnhancedAuthenticator(settings, store: store, logger: logger),
             authorizer: authorizer, store: brokerStore, logger: logger)
         if let brokerStore {
             try restoreBroker(

@@ -233,4 +233,74 @@ struct ConnectionProtocolTests {
         #expect(five.refusal(of: publish("a/b/c"), topic: TopicLevels("a/b/c")) == nil)
         #expect(five.refusal(of: publish("a/b/c/d"), topic: TopicLevels("a/b/c/d")) == .topicNameInvalid)
     }
+
+    func auth(_ reason: MQTTReasonCode, method: String = "SCRAM-SHA-256", data: String = "x") -> MQTTPacket {
+        .auth(
+            .init(
+                reasonCode: reason, properties: [.authenticationMethod(method), .authenticationData(Array(data.utf8))]))
+    }
+
+    @Test(
+        "enhanced authentication: CONNECT's method and data, AUTH 0x18 only after a challenge, CONNACK with the method")
+    func enhancedAuthentication() throws {
+        var connection = ConnectionProtocol(limits: limits)
+        let step = connection.receive(
+            connect(properties: [.authenticationMethod("SCRAM-SHA-256"), .authenticationData(Array("n,,n=u".utf8))]))
+        guard case .authenticate(let request) = step else {
+            Issue.record("an enhanced CONNECT is authenticated")
+            return
+        }
+        #expect(request.authenticationMethod == "SCRAM-SHA-256" && request.authenticationData == Array("n,,n=u".utf8))
+        // No answer is due before a challenge went out.
+        var early = connection
+        #expect(early.receive(auth(.continueAuthentication)) == .refuse(.connack(.init(reasonCode: .protocolError))))
+        #expect(
+            connection.challenge(Array("r=1".utf8))
+                == .auth(
+                    .init(
+                        reasonCode: .continueAuthentication,
+                        properties: [.authenticationMethod("SCRAM-SHA-256"), .authenticationData(Array("r=1".utf8))])))
+        #expect(
+            connection.receive(auth(.continueAuthentication, data: "p=2"))
+                == .continueAuthentication(data: Array("p=2".utf8)))
+        let accepted = connection.accepted(sessionPresent: false, authenticationData: Array("v=3".utf8))
+        guard case .connack(let connack) = accepted.connack else { return }
+        #expect(connack.properties.items.contains(.authenticationMethod("SCRAM-SHA-256")))
+        #expect(connack.properties.items.contains(.authenticationData(Array("v=3".utf8))))
+
+        // Before CONNACK, only AUTH and DISCONNECT. [MQTT-3.1.2-30]
+        var impatient = ConnectionProtocol(limits: limits)
+        _ = impatient.receive(connect(properties: [.authenticationMethod("SCRAM-SHA-256")]))
+        #expect(impatient.receive(.pingreq) == .refuse(.connack(.init(reasonCode: .protocolError))))
+
+        var wrong = ConnectionProtocol(limits: limits)
+        _ = wrong.receive(connect(username: "u", properties: [.authenticationMethod("SCRAM-SHA-256")]))
+        #expect(wrong.authenticationRefused() == .connack(.init(reasonCode: .notAuthorized)))
+        var unknown = ConnectionProtocol(limits: limits)
+        _ = unknown.receive(connect(properties: [.authenticationMethod("KERBEROS")]))
+        #expect(unknown.methodRefused() == .connack(.init(reasonCode: .badAuthenticationMethod)))
+    }
+
+    @Test("re-authentication: AUTH 0x19 with the CONNECT's method only, one at a time; without enhanced CONNECT, 0x82")
+    func reauthentication() {
+        var connection = connected(connect(properties: [.authenticationMethod("GH-JWT")]))
+        #expect(
+            connection.receive(auth(.reAuthenticate, method: "GH-JWT", data: "jwt"))
+                == .reauthenticate(data: Array("jwt".utf8)))
+        #expect(connection.reauthenticating)
+        #expect(connection.receive(.pingreq) == .reply(.pingresp))  // the session goes on meanwhile
+        #expect(
+            connection.reauthenticated(data: nil)
+                == .auth(.init(reasonCode: .success, properties: [.authenticationMethod("GH-JWT")])))
+        #expect(!connection.reauthenticating)
+        #expect(connection.receive(auth(.reAuthenticate, method: "GH-JWT")) == .reauthenticate(data: Array("x".utf8)))
+        #expect(connection.receive(auth(.reAuthenticate, method: "GH-JWT")) == .close(reason: .protocolError))
+
+        var otherMethod = connected(connect(properties: [.authenticationMethod("GH-JWT")]))
+        #expect(otherMethod.receive(auth(.reAuthenticate, method: "GH-TOKEN")) == .close(reason: .protocolError))
+        var unanswered = connected(connect(properties: [.authenticationMethod("GH-JWT")]))
+        #expect(unanswered.receive(auth(.continueAuthentication, method: "GH-JWT")) == .close(reason: .protocolError))
+        var plain = connected(connect())
+        #expect(plain.receive(auth(.reAuthenticate)) == .close(reason: .protocolError))  // [MQTT-4.12.1-1]
+    }
 }
