@@ -399,31 +399,12 @@ extension ServerConfiguration {
                     let name = try reader.key(authenticationKey, allowed: authenticationKeys, section: "authentication")
                     switch name {
                     case "methods":
-                        var methods: [String] = []
-                        for item in try reader.sequence(authenticationValue, name) {
-                            let method = try reader.string(item, "a method")
-                            guard Authentication.allMethods.contains(method), !methods.contains(method) else {
-                                throw reader.error(
-                                    at: item,
-                                    "'\(method)' is not a method, or is listed twice; methods are "
-                                        + Authentication.allMethods.joined(separator: ", "))
-                            }
-                            methods.append(method)
-                        }
-                        configuration.authentication.methods = methods
+                        configuration.authentication.methods = try reader.choices(
+                            authenticationValue, name, from: Authentication.allMethods, kind: "a method")
                     case "enhanced_methods":
-                        var methods: [String] = []
-                        for item in try reader.sequence(authenticationValue, name) {
-                            let method = try reader.string(item, "a method")
-                            guard Authentication.allEnhancedMethods.contains(method), !methods.contains(method) else {
-                                throw reader.error(
-                                    at: item,
-                                    "'\(method)' is not an enhanced method, or is listed twice; they are "
-                                        + Authentication.allEnhancedMethods.joined(separator: ", "))
-                            }
-                            methods.append(method)
-                        }
-                        configuration.authentication.enhancedMethods = methods
+                        configuration.authentication.enhancedMethods = try reader.choices(
+                            authenticationValue, name, from: Authentication.allEnhancedMethods,
+                            kind: "an enhanced method")
                     case "backoff_base_ms":
                         configuration.authentication.backoffBaseMilliseconds = try reader.int(
                             authenticationValue, name, in: 0...60_000)
@@ -592,6 +573,24 @@ private struct NodeReader {
                 "unknown key '\(node.string ?? "?")'\(place); expected one of: \(allowed.joined(separator: ", "))")
         }
         return key
+    }
+
+    /// A list of distinct names, each one of `allowed`.
+    func choices(_ node: Node, _ key: String, from allowed: [String], kind: String) throws(ConfigurationError)
+        -> [String]
+    {
+        var chosen: [String] = []
+        for item in try sequence(node, key) {
+            let name = try string(item, kind)
+            guard allowed.contains(name), !chosen.contains(name) else {
+                throw error(
+                    at: item,
+                    "'\(name)' is not \(kind), or is listed twice; '\(key)' takes "
+                        + allowed.joined(separator: ", "))
+            }
+            chosen.append(name)
+        }
+        return chosen
     }
 
     func string(_ node: Node, _ key: String) throws(ConfigurationError) -> String {

@@ -210,6 +210,10 @@ struct ServerConfigurationTests {
             ("listeners: []", "g.yaml:1:12: 'listeners' needs at least one URL"),
             ("authentication:\n  methods: [token, ldap]", "g.yaml:2:20: 'ldap' is not a method, or is listed twice"),
             ("authentication:\n  methods: [token, token]", "g.yaml:2:20: 'token' is not a method, or is listed twice"),
+            (
+                "authentication:\n  enhanced_methods: [SCRAM-SHA-1]",
+                "g.yaml:2:22: 'SCRAM-SHA-1' is not an enhanced method, or is listed twice"
+            ),
             ("authentication:\n  backoff_max_ms: -1", "g.yaml:2:19: 'backoff_max_ms' must be between 0 and 3600000"),
             ("authentication:\n  order: [token]", "g.yaml:2:3: unknown key 'order' in 'authentication'"),
             ("acl_refused_publish: kick", "g.yaml:1:22: 'acl_refused_publish' must be acknowledge or disconnect"),

@@ -8,26 +8,10 @@ struct IAMTests {
     static let pahoSession = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("Clients/paho_session.py").path
 
-    /// These tests are about who may connect: the ACL lets role `device` use every topic.
-    private static let aclFile: String = {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("iam-tests-\(UUID()).acl").path
-        try? "default deny\nrole device\n  allow all #\n".write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }()
-
     private func startBroker(listeners: [String] = ["mqtt://127.0.0.1:0"]) async throws -> BrokerProcess {
-        let broker = try BrokerProcess(arguments: ["--acl", Self.aclFile], listeners: listeners)
+        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything], listeners: listeners)
         try await broker.waitUntilListening()
         return broker
-    }
-
-    /// `gatehouse iam ARGS --data-dir DATA`, expecting success; returns standard output.
-    @discardableResult
-    private func iam(_ broker: BrokerProcess, _ arguments: [String], input: String? = nil) async throws -> String {
-        let result = try await runGatehouse(
-            ["iam"] + arguments + ["--data-dir", broker.dataDirectory.path], input: input)
-        #expect(result.status == 0, "iam \(arguments.joined(separator: " ")): \(result.standardError)")
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// A device identity in tenant acme with a fresh token.
@@ -106,7 +90,7 @@ struct IAMTests {
     func backoffSlowsFailures() async throws {
         let configuration = FileManager.default.temporaryDirectory.appendingPathComponent("backoff-\(UUID()).yaml")
         try "authentication:\n  backoff_base_ms: 400\n".write(to: configuration, atomically: true, encoding: .utf8)
-        let broker = try BrokerProcess(arguments: ["--acl", Self.aclFile, "--config", configuration.path])
+        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything, "--config", configuration.path])
         try await broker.waitUntilListening()
         let token = try await device(broker, "sensor-1")
         let wrong = "gth_" + String(repeating: "x", count: 43)

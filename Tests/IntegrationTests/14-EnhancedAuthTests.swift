@@ -8,14 +8,8 @@ struct EnhancedAuthTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("Clients/enhanced_auth.py").path
 
-    private static let aclFile: String = {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("auth-tests-\(UUID()).acl").path
-        try? "default deny\nrole device\n  allow all #\n".write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }()
-
     private func startBroker() async throws -> BrokerProcess {
-        let broker = try BrokerProcess(arguments: ["--acl", Self.aclFile])
+        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything])
         try await broker.waitUntilListening()
         for command in [
             ["tenant", "add", "acme"],
@@ -25,14 +19,6 @@ struct EnhancedAuthTests {
             _ = try await iam(broker, command)
         }
         return broker
-    }
-
-    @discardableResult
-    private func iam(_ broker: BrokerProcess, _ arguments: [String], input: String? = nil) async throws -> String {
-        let result = try await runGatehouse(
-            ["iam"] + arguments + ["--data-dir", broker.dataDirectory.path], input: input)
-        #expect(result.status == 0, "iam \(arguments.joined(separator: " ")): \(result.standardError)")
-        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     @discardableResult
@@ -68,7 +54,7 @@ struct EnhancedAuthTests {
         let configuration = FileManager.default.temporaryDirectory.appendingPathComponent("auth-\(UUID()).yaml")
         try "authentication:\n  enhanced_methods: [GH-JWT]\n".write(
             to: configuration, atomically: true, encoding: .utf8)
-        let broker = try BrokerProcess(arguments: ["--acl", Self.aclFile, "--config", configuration.path])
+        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything, "--config", configuration.path])
         try await broker.waitUntilListening()
         try await iam(broker, ["tenant", "add", "acme"])
         try await iam(

@@ -204,3 +204,19 @@ func runGatehouse(_ arguments: [String], input: String? = nil, timeout: Duration
         status: status, standardOutput: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
         standardError: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
 }
+
+/// An ACL for tests about who may connect: role `device` may use every topic.
+let devicesMayUseEverything: String = {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("devices-\(UUID()).acl").path
+    try? "default deny\nrole device\n  allow all #\n".write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}()
+
+/// `gatehouse iam ARGS --data-dir DATA` on a running broker's data directory, expecting
+/// success; returns standard output.
+@discardableResult
+func iam(_ broker: BrokerProcess, _ arguments: [String], input: String? = nil) async throws -> String {
+    let result = try await runGatehouse(["iam"] + arguments + ["--data-dir", broker.dataDirectory.path], input: input)
+    #expect(result.status == 0, "iam \(arguments.joined(separator: " ")): \(result.standardError)")
+    return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+}
