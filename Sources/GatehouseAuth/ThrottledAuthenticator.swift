@@ -77,6 +77,11 @@ public final class ThrottledAuthenticator: Authenticator {
     /// How long the next attempt with these credentials would wait now.
     public func delay(for credentials: ConnectCredentials) -> Duration { delay(for: Self.keys(credentials)) }
 
+    /// Records the outcome of an attempt made elsewhere (an enhanced exchange).
+    public func record(_ credentials: ConnectCredentials, success: Bool) {
+        record(Self.keys(credentials), success: success)
+    }
+
     private static func keys(_ credentials: ConnectCredentials) -> [String] {
         var keys: [String] = []
         if let address = credentials.remoteAddress { keys.append("address:\(address)") }
@@ -113,6 +118,54 @@ public final class ThrottledAuthenticator: Authenticator {
                 record.table = record.table.filter { now - $0.value.last < backoff.forgetAfter }
                 if record.table.count > maximumEntries { record.table.removeAll() }
             }
+        }
+    }
+}
+
+/// Enhanced authentication behind the same back-off as the password methods: an address (or
+/// CONNECT user name) that failed waits before its next exchange starts, and the exchange's end
+/// is recorded. A SCRAM guesser gets no more tries per second than a password guesser.
+public struct ThrottledEnhancedAuthenticator: EnhancedAuthenticator {
+    let inner: any EnhancedAuthenticator
+    let throttle: ThrottledAuthenticator
+
+    public init(_ inner: any EnhancedAuthenticator, sharing throttle: ThrottledAuthenticator) {
+        self.inner = inner
+        self.throttle = throttle
+    }
+
+    public var methods: Set<String> { inner.methods }
+
+    public func start(method: String, data: [UInt8], credentials: ConnectCredentials) async
+        -> EnhancedAuthenticationStep
+    {
+        let wait = throttle.delay(for: credentials)
+        if wait > .zero { try? await Task.sleep(for: wait) }
+        return Self.recording(
+            await inner.start(method: method, data: data, credentials: credentials), credentials, throttle)
+    }
+
+    fileprivate static func recording(
+        _ step: EnhancedAuthenticationStep, _ credentials: ConnectCredentials, _ throttle: ThrottledAuthenticator
+    ) -> EnhancedAuthenticationStep {
+        switch step {
+        case .challenge(let data, let next):
+            return .challenge(data: data, next: Recorded(inner: next, credentials: credentials, throttle: throttle))
+        case .accepted:
+            throttle.record(credentials, success: true)
+        case .rejected:
+            throttle.record(credentials, success: false)
+        }
+        return step
+    }
+
+    private struct Recorded: EnhancedAuthenticationContinuation {
+        let inner: any EnhancedAuthenticationContinuation
+        let credentials: ConnectCredentials
+        let throttle: ThrottledAuthenticator
+
+        func respond(_ data: [UInt8]) async -> EnhancedAuthenticationStep {
+            ThrottledEnhancedAuthenticator.recording(await inner.respond(data), credentials, throttle)
         }
     }
 }

@@ -49,10 +49,10 @@ func makeAuthenticator(_ settings: ServerConfiguration, store: IdentityStore, lo
 
 /// The MQTT 5 enhanced methods the configuration enables: SCRAM against the stored verifiers,
 /// and GH-TOKEN / GH-JWT, whose AUTH data is a token or JWT checked as the password would be.
-func makeEnhancedAuthenticator(_ settings: ServerConfiguration, store: IdentityStore, logger: Logger)
-    -> any EnhancedAuthenticator
-{
-    EnhancedAuthenticators(
+func makeEnhancedAuthenticator(
+    _ settings: ServerConfiguration, store: IdentityStore, backOff authenticator: any Authenticator, logger: Logger
+) -> any EnhancedAuthenticator {
+    let methods = EnhancedAuthenticators(
         settings.authentication.enhancedMethods.map { method -> any EnhancedAuthenticator in
             switch method {
             case "GH-TOKEN":
@@ -62,6 +62,8 @@ func makeEnhancedAuthenticator(_ settings: ServerConfiguration, store: IdentityS
             default: SCRAMAuthenticator(store: store, logger: logger)
             }
         })
+    guard let throttle = authenticator as? ThrottledAuthenticator else { return methods }
+    return ThrottledEnhancedAuthenticator(methods, sharing: throttle)
 }
 
 /// Follows the identity store's audit sequence and ends the sessions whose identity, role,

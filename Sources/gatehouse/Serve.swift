@@ -155,10 +155,12 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("the ACL has errors:\n\(error.description)")
         }
         let brokerStore = try openBrokerStore(settings, logger: logger)
+        let authenticator = makeAuthenticator(settings, store: store, logger: logger)
         let broker = Broker(
             configuration: settings.brokerConfiguration,
-            authenticator: makeAuthenticator(settings, store: store, logger: logger),
-            enhancedAuthenticator: makeEnhancedAuthenticator(settings, store: store, logger: logger),
+            authenticator: authenticator,
+            enhancedAuthenticator: makeEnhancedAuthenticator(
+                settings, store: store, backOff: authenticator, logger: logger),
             authorizer: authorizer, store: brokerStore, logger: logger)
         if let brokerStore {
             try restoreBroker(

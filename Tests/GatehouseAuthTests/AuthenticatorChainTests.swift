@@ -44,3 +44,44 @@ struct AuthenticatorChainTests {
         }
     }
 }
+
+/// A two-message exchange that accepts when the answer is "right".
+private struct TwoSteps: EnhancedAuthenticator {
+    let principal: Principal
+    var methods: Set<String> { ["TEST"] }
+    func start(method: String, data: [UInt8], credentials: ConnectCredentials) async -> EnhancedAuthenticationStep {
+        .challenge(data: [1], next: Answer(principal: principal))
+    }
+    struct Answer: EnhancedAuthenticationContinuation {
+        let principal: Principal
+        func respond(_ data: [UInt8]) async -> EnhancedAuthenticationStep {
+            data == Array("right".utf8) ? .accepted(principal, data: nil) : .rejected
+        }
+    }
+}
+
+@Suite("enhanced authentication back-off")
+struct ThrottledEnhancedTests {
+    @Test("a failed exchange slows its address down like a failed password; a success clears it")
+    func backoff() async {
+        let throttle = ThrottledAuthenticator(
+            AuthenticatorChain([]), backoff: .init(base: .milliseconds(1), maximum: .milliseconds(2)))
+        let principal = Principal(identityID: "1", username: "a", clientIdentifier: "c", tenant: "t", roles: [])
+        let enhanced = ThrottledEnhancedAuthenticator(TwoSteps(principal: principal), sharing: throttle)
+        let credentials = ConnectCredentials(clientIdentifier: "c", remoteAddress: "10.0.0.9")
+        func exchange(_ answer: String) async -> Bool {
+            guard
+                case .challenge(_, let next) = await enhanced.start(method: "TEST", data: [], credentials: credentials)
+            else { return false }
+            if case .accepted = await next.respond(Array(answer.utf8)) { return true }
+            return false
+        }
+        #expect(throttle.delay(for: credentials) == .zero)
+        #expect(await !exchange("wrong"))
+        #expect(throttle.delay(for: credentials) == .milliseconds(1))
+        #expect(await !exchange("wrong"))
+        #expect(throttle.delay(for: credentials) == .milliseconds(2))
+        #expect(await exchange("right"))
+        #expect(throttle.delay(for: credentials) == .zero)
+    }
+}
