@@ -149,12 +149,24 @@ def scram_client_final(password, client_first_bare, server_first, tamper=False):
     return without_proof + ",p=" + base64.b64encode(bytes(proof)).decode(), expected_server
 
 
-def scram(port, user, password, tamper=False):
-    """Runs the exchange; returns the CONNACK's reason code after checking what the server sent."""
+def scram(port, user, password, tamper=False, reauthenticate=False):
+    """Runs the exchange at CONNECT (and, with `reauthenticate`, once more with AUTH 0x19); returns
+    the reason code of the CONNACK (or of the re-authentication's AUTH) after checking the server."""
+    connection = Connection(port)
+    reason = scram_exchange(connection, user, password, tamper, first=None)
+    if reason == 0 and reauthenticate:
+        reason = scram_exchange(connection, user, password, tamper, first=0x19)
+        print("re-authenticated with SCRAM")
+    return reason
+
+
+def scram_exchange(connection, user, password, tamper, first):
     nonce = base64.b64encode(os.urandom(18)).decode()
     bare = f"n={user},r={nonce}"
-    connection = Connection(port)
-    connection.send(connect("scram-" + user, "SCRAM-SHA-256", ("n,," + bare).encode()))
+    if first is None:
+        connection.send(connect("scram-" + user, "SCRAM-SHA-256", ("n,," + bare).encode()))
+    else:
+        connection.send(auth(first, "SCRAM-SHA-256", ("n,," + bare).encode()))
     received = connection.read()
     if received and received[0] == 2:  # CONNACK at once
         return reason_and_properties(received[2], skip=1)[0]
@@ -166,7 +178,10 @@ def scram(port, user, password, tamper=False):
         sys.exit(f"the server-first message is wrong: reason 0x{reason:02x}, {found!r}")
     final, expected_server = scram_client_final(password, bare, server_first, tamper)
     connection.send(auth(0x18, "SCRAM-SHA-256", final.encode()))
-    reason, found = reason_and_properties(expect(connection, 2, "CONNACK"), skip=1)
+    if first is None:
+        reason, found = reason_and_properties(expect(connection, 2, "CONNACK"), skip=1)
+    else:
+        reason, found = reason_and_properties(expect(connection, 15, "AUTH"))
     if reason == 0:
         # The client checks the server too: only a server holding the verifier can sign.
         if found.get(AUTH_DATA, b"").decode() != "v=" + expected_server:
@@ -206,6 +221,10 @@ def main():
         print(f"CONNACK 0x{reason:02x}")
         if reason != expected:
             sys.exit(f"expected CONNACK 0x{expected:02x}")
+    elif scenario == "scram-reauth":
+        reason = scram(port, arguments[0], arguments[1], reauthenticate=True)
+        if reason != 0:
+            sys.exit(f"SCRAM re-authentication answered 0x{reason:02x}")
     elif scenario == "scram-tampered":
         reason = scram(port, arguments[0], arguments[1], tamper=True)
         print(f"CONNACK 0x{reason:02x}")
