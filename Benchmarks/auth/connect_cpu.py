@@ -9,6 +9,7 @@ Usage: python3 Benchmarks/auth/connect_cpu.py [N]   (default 200; GATEHOUSE_BINA
 import base64
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,9 @@ def iam(data_dir, *arguments, stdin=None):
 def mosquitto(directory):
     password_file = os.path.join(directory, "passwords")
     subprocess.run(["mosquitto_passwd", "-b", "-c", password_file, "sensor-1", PASSWORD], check=True)
-    port = 20000 + os.getpid() % 20000
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     configuration = os.path.join(directory, "mosquitto.conf")
     with open(configuration, "w") as text:
         text.write(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {password_file}\n")
@@ -104,8 +107,13 @@ def mosquitto(directory):
             text.write("user root\n")  # otherwise it drops to 'mosquitto', who cannot read the file
     process = subprocess.Popen(["mosquitto", "-c", configuration], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return process, port
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("mosquitto did not start")
 
 
 with tempfile.TemporaryDirectory() as data_dir:

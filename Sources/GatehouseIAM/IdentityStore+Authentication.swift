@@ -69,12 +69,12 @@ extension IdentityStore {
         try await readAsync { db in
             guard
                 let row = try Row.fetchOne(
-                    db,
-                    sql: Self.matchColumns
-                        + """
-                         WHERE credential.kind = 'password' AND identity.name = ?
-                        AND credential.revoked_at IS NULL
-                        """,
+                    db.cachedStatement(
+                        sql: Self.matchColumns
+                            + """
+                             WHERE credential.kind = 'password' AND identity.name = ?
+                            AND credential.revoked_at IS NULL
+                            """),
                     arguments: [username]),
                 let text: String = row["scram"], let verifier = SCRAMVerifier(text: text)
             else { return nil }
