@@ -26,10 +26,12 @@ public protocol EnhancedAuthenticationContinuation: Sendable {
 /// Enhanced methods tried by name.
 public struct EnhancedAuthenticators: EnhancedAuthenticator {
     public let members: [any EnhancedAuthenticator]
+    public let methods: Set<String>
 
-    public init(_ members: [any EnhancedAuthenticator]) { self.members = members }
-
-    public var methods: Set<String> { members.reduce(into: []) { $0.formUnion($1.methods) } }
+    public init(_ members: [any EnhancedAuthenticator]) {
+        self.members = members
+        methods = members.reduce(into: []) { $0.formUnion($1.methods) }
+    }
 
     public func start(method: String, data: [UInt8], credentials: ConnectCredentials) async
         -> EnhancedAuthenticationStep

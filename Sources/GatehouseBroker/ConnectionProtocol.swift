@@ -66,7 +66,9 @@ struct ConnectionProtocol {
     private(set) var phase = Phase.awaitingConnect
     /// 3.1.1 until a CONNECT says otherwise: a refusal before it is read by every version.
     private(set) var version = MQTTProtocolVersion.v311
-    private(set) var request: ConnectRequest?
+    /// The CONNECT being authenticated; dropped once decided, so that an idle connection keeps
+    /// neither its password nor its Will's payload twice.
+    private var request: ConnectRequest?
     private var pending: [MQTTPacket] = []
     private(set) var sessionExpiryInterval: UInt32 = 0
     /// Published when the connection ends, unless a normal DISCONNECT discarded it.
@@ -292,13 +294,17 @@ struct ConnectionProtocol {
             .init(
                 sessionPresent: sessionPresent && !connect.cleanStart, reasonCode: .success,
                 properties: MQTTProperties(properties)))
-        defer { pending = [] }
+        defer {
+            pending = []
+            self.request = nil
+        }
         return Accepted(connack: connack, keepAlive: keepAlive, pending: pending)
     }
 
     private mutating func refusal(_ code: MQTTReasonCode) -> MQTTPacket {
         phase = .closed
         pending = []
+        request = nil
         return .connack(.init(reasonCode: code))
     }
 

@@ -8,8 +8,9 @@ struct EnhancedAuthTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("Clients/enhanced_auth.py").path
 
-    private func startBroker() async throws -> BrokerProcess {
-        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything])
+    /// A broker with devices `sensor-1` and `sensor-2` in tenant acme.
+    private func startBroker(_ arguments: [String] = []) async throws -> BrokerProcess {
+        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything] + arguments)
         try await broker.waitUntilListening()
         for command in [
             ["tenant", "add", "acme"],
@@ -56,11 +57,7 @@ struct EnhancedAuthTests {
         let configuration = FileManager.default.temporaryDirectory.appendingPathComponent("auth-\(UUID()).yaml")
         try "authentication:\n  enhanced_methods: [GH-JWT]\n".write(
             to: configuration, atomically: true, encoding: .utf8)
-        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything, "--config", configuration.path])
-        try await broker.waitUntilListening()
-        try await iam(broker, ["tenant", "add", "acme"])
-        try await iam(
-            broker, ["identity", "add", "sensor-1", "--tenant", "acme", "--kind", "device", "--role", "device"])
+        let broker = try await startBroker(["--config", configuration.path])
         try await iam(broker, ["password", "set", "sensor-1"], input: "pencil sharpener\n")
         try await client(broker, ["scram", "sensor-1", "pencil sharpener", "8c"])
         #expect(try await broker.stop() == 0)
