@@ -124,6 +124,7 @@ public final class Broker: Sendable {
             connection, principal: principal, receiveMaximum: receiveMaximum, expiryInterval: expiryInterval)
         // Reconnecting before a delayed Will is due cancels it. [MQTT-3.1.3-9]
         _ = session.takePendingWill()
+        session.startLoadingBacklog(readPermittedBy: authorizer, on: connection.eventLoop, logger: logger)
         if let replaced {
             previous = replaced.detachAll() ?? previous
             router.removeSubscriptions(of: replaced)
@@ -134,8 +135,9 @@ public final class Broker: Sendable {
     }
 
     /// Puts back what the store kept: sessions (detached, their expiry counted from when their
-    /// connection ended), subscriptions, queued and in-flight messages, retained messages and
-    /// delayed Wills. Call it once, before any listener accepts.
+    /// connection ended), subscriptions, retained messages and delayed Wills. Queued and
+    /// in-flight messages stay in the store until their client returns. Call it once, before
+    /// any listener accepts.
     public func restore(_ state: RestoredBrokerState, on eventLoop: any EventLoop) {
         storage?.resume(fromMessageID: state.nextMessageID)
         for message in state.retained { retained.restore(message) }

@@ -16,6 +16,30 @@ public protocol BrokerStore: AnyObject, Sendable {
     func currentTicket() -> UInt64
     /// Runs `body` on `eventLoop` once every change covered by `ticket` is committed.
     func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void)
+    /// Reads the deliveries a session held at start-up (its `backlog`), in delivery order, off
+    /// the caller's thread, and hands them to `body` on `eventLoop`.
+    func loadBacklog(
+        of clientID: String, _ backlog: StoredBacklog, on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable (Result<[RestoredBrokerState.Delivery], any Error>) -> Void)
+}
+
+/// The deliveries a restored session holds in the store and not yet in memory: start-up
+/// reads only their count, and the session reads them when its client returns.
+public struct StoredBacklog: Sendable, Equatable {
+    public var count: Int
+    /// What they count against the stored-bytes limit until they are read (from their stored
+    /// size; the exact figure replaces it then).
+    public var bytes: Int
+    public var lastSequence: UInt64
+
+    public init(count: Int, bytes: Int, lastSequence: UInt64) {
+        self.count = count
+        self.bytes = bytes
+        self.lastSequence = lastSequence
+    }
+
+    /// What a stored delivery counts beyond its topic and payload: its rows.
+    public static let overheadPerDelivery = 96
 }
 
 /// One change of the broker's durable state. Clean sessions (expiry 0) never make any.
@@ -81,8 +105,8 @@ public struct RestoredBrokerState: Sendable {
         /// process lost, when the store last changed.
         public var detachedAt: Int64
         public var subscriptions: [Subscription]
-        /// In delivery order.
-        public var deliveries: [Delivery]
+        /// Its queued and in-flight deliveries, left in the store.
+        public var backlog: StoredBacklog?
         public var inboundQoS2: [UInt16]
         public var will: (message: RoutedMessage, dueAt: Int64)?
         /// The Will of a connection the previous process lost.
@@ -90,7 +114,7 @@ public struct RestoredBrokerState: Sendable {
 
         public init(
             clientID: String, principal: Principal, expiryInterval: UInt32, detachedAt: Int64,
-            subscriptions: [Subscription] = [], deliveries: [Delivery] = [], inboundQoS2: [UInt16] = [],
+            subscriptions: [Subscription] = [], backlog: StoredBacklog? = nil, inboundQoS2: [UInt16] = [],
             will: (message: RoutedMessage, dueAt: Int64)? = nil
         ) {
             self.clientID = clientID
@@ -98,7 +122,7 @@ public struct RestoredBrokerState: Sendable {
             self.expiryInterval = expiryInterval
             self.detachedAt = detachedAt
             self.subscriptions = subscriptions
-            self.deliveries = deliveries
+            self.backlog = backlog
             self.inboundQoS2 = inboundQoS2
             self.will = will
         }

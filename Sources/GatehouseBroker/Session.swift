@@ -1,6 +1,7 @@
 import Atomics
 import Foundation
 public import GatehouseAuth
+import Logging
 public import MQTTCore
 import NIOConcurrencyHelpers
 public import NIOCore
@@ -28,7 +29,9 @@ struct QueuedMessage: Sendable {
     }
 
     /// What the delivery counts against the store's limit: payload, topic and the rows around them.
-    var storedSize: Int { message.payload.readableBytes + message.topic.utf8.count + 96 }
+    var storedSize: Int {
+        message.payload.readableBytes + message.topic.utf8.count + StoredBacklog.overheadPerDelivery
+    }
 }
 
 /// The durable store as the sessions of one broker share it, with the ids of stored messages.
@@ -110,6 +113,10 @@ public final class Session: @unchecked Sendable {
     /// were a third of an idle connection's memory.
     private var queue = CircularBuffer<QueuedMessage>(initialCapacity: 1)
     private var inflight: [UInt16: InflightMessage] = [:]
+    /// Deliveries restored sessions left in the store, read when the client returns; until
+    /// they are in memory nothing is sent, so that order and packet identifiers hold.
+    private var backlog: StoredBacklog?
+    private var loadingBacklog = false
     private var inboundQoS2: Set<UInt16> = []
     /// Read decisions for this session's principal, under `lock`.
     private var readDecisions = DecisionCache()
@@ -164,7 +171,7 @@ public final class Session: @unchecked Sendable {
     public var isStored: Bool { lock.withLock { inStore } }
     public var isConnected: Bool { lock.withLock { connection != nil } }
     public var subscriptionCount: Int { lock.withLock { subscriptionFilters.count } }
-    public var queuedCount: Int { lock.withLock { queue.count } }
+    public var queuedCount: Int { lock.withLock { queue.count + (backlog?.count ?? 0) } }
     public var droppedCount: Int { lock.withLock { droppedMessages } }
 
     /// Attaches a new connection; in-flight messages are sent again (with DUP) on its first
@@ -229,6 +236,8 @@ public final class Session: @unchecked Sendable {
             var held = 0
             for queued in queue where queued.qos != .atMostOnce { held += queued.storedSize }
             for entry in inflight.values { held += entry.queued.storedSize }
+            if let backlog { held += backlog.bytes }
+            backlog = nil  // the store deletes its rows with the session
             storage.release(held)
         }
     }
@@ -453,7 +462,7 @@ public final class Session: @unchecked Sendable {
     /// Whether `queued` fits: a full queue drops QoS 0 first, the new message's or the oldest
     /// queued one's.
     private func makeRoomLocked(for queued: QueuedMessage) -> Bool {
-        guard queue.count >= maximumQueuedMessages else { return true }
+        guard queue.count + (backlog?.count ?? 0) >= maximumQueuedMessages else { return true }
         recordDrop()
         guard queued.qos != .atMostOnce, let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) else {
             return false
@@ -473,6 +482,7 @@ public final class Session: @unchecked Sendable {
     func takeOutgoing(now: NIODeadline) -> [OutgoingPacket] {
         lock.withLock {
             drainScheduled = false
+            guard backlog == nil else { return [] }
             var outgoing: [OutgoingPacket] = []
             if resendInflight {
                 resendInflight = false
@@ -574,29 +584,84 @@ public final class Session: @unchecked Sendable {
 }
 
 extension Session {
-    /// Fills a new session from the store at start-up; it comes back detached, and its
-    /// in-flight messages go out again (with DUP) when its client returns.
+    /// Fills a new session from the store at start-up; it comes back detached, its deliveries
+    /// still in the store until its client returns (`startLoadingBacklog`).
     func restore(_ stored: RestoredBrokerState.Session, filters: [(MQTTTopicFilter, SubscriptionEntry)]) {
         lock.withLock {
             inStore = true
             for (filter, entry) in filters { subscriptionFilters[filter.text] = entry }
             inboundQoS2 = Set(stored.inboundQoS2)
-            for delivery in stored.deliveries {
+            if let stored = stored.backlog, stored.count > 0 {
+                backlog = stored
+                storage?.add(stored.bytes)
+                nextSequence = stored.lastSequence + 1
+            }
+            if let will = stored.will { pendingWill = will }
+        }
+    }
+
+    /// Reads the session's backlog from the store, once, now that a client is attached. The
+    /// queued messages its principal may no longer read are dropped (the ACL may have changed
+    /// since they were queued); in-flight ones go out again with DUP.
+    func startLoadingBacklog(readPermittedBy authorizer: any Authorizer, on eventLoop: any EventLoop, logger: Logger) {
+        let request: (StoredBacklog, any BrokerStore)? = lock.withLock {
+            guard let backlog, !loadingBacklog, let storage else { return nil }
+            loadingBacklog = true
+            return (backlog, storage.store)
+        }
+        guard let (backlog, store) = request else { return }
+        store.loadBacklog(of: clientID, backlog, on: eventLoop) { [self] result in
+            switch result {
+            case .success(let deliveries):
+                guard let wake = installBacklog(backlog, deliveries, readPermittedBy: authorizer) else { return }
+                wake.eventLoop.execute { wake.sessionHasOutput() }
+            case .failure(let error):
+                // Kept in the store; the next connection tries again.
+                lock.withLock { loadingBacklog = false }
+                logger.error(
+                    "reading a session's stored messages failed",
+                    metadata: ["client": "\(clientID)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Puts the read deliveries before whatever was queued since start-up. Returns the
+    /// connection to wake, if one is attached.
+    private func installBacklog(
+        _ read: StoredBacklog, _ deliveries: [RestoredBrokerState.Delivery], readPermittedBy authorizer: any Authorizer
+    ) -> (any SessionConnection)? {
+        lock.withLock {
+            loadingBacklog = false
+            // The session ended meanwhile: the store deleted these rows with it.
+            guard backlog == read, let storage else { return nil }
+            backlog = nil
+            storage.release(read.bytes)
+            var restored = CircularBuffer<QueuedMessage>(initialCapacity: max(1, deliveries.count + queue.count))
+            for delivery in deliveries {
                 var message = delivery.message
                 message.storedID = delivery.messageID
                 let queued = QueuedMessage(
                     message: message, qos: delivery.delivery.qos, retain: delivery.delivery.retain,
                     subscriptionIdentifiers: delivery.delivery.subscriptionIdentifiers, sequence: delivery.sequence)
-                storage?.add(queued.storedSize)
+                storage.add(queued.storedSize)
                 switch delivery.state {
-                case .queued: queue.append(queued)
+                case .queued:
+                    if authorizer.authorize(_principal, .read, topic: message.topic) == .accept {
+                        restored.append(queued)
+                    } else {
+                        forgetDeliveryLocked(queued)
+                    }
                 case .sent, .released:
                     inflight[delivery.packetIdentifier] = InflightMessage(
                         queued: queued, released: delivery.state == .released)
                 }
-                nextSequence = max(nextSequence, delivery.sequence + 1)
             }
-            if let will = stored.will { pendingWill = will }
+            restored.append(contentsOf: queue)
+            queue = restored
+            resendInflight = !inflight.isEmpty
+            guard let connection, !drainScheduled else { return nil }
+            drainScheduled = true
+            return connection
         }
     }
 }

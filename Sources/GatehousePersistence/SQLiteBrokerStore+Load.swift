@@ -39,15 +39,6 @@ extension SQLiteBrokerStore {
 
     private func read(_ db: Database) throws -> RestoredBrokerState {
         let now = StoredMessageCoding.Now()
-        // Sized up front: growing a dictionary of a million messages costs more than reading them.
-        var messages: [Int64: RoutedMessage] = [:]
-        messages.reserveCapacity(try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM message") ?? 0)
-        let messageRows = try Row.fetchCursor(db, sql: "SELECT id, wire, publisher, expires_at FROM message")
-        while let row = try messageRows.next() {
-            // By column position: a million rows read by name spend their time finding names.
-            messages[row[0]] = try StoredMessageCoding.message(
-                wire: [UInt8](row[1] as Data), publisher: row[2], expiresAt: row[3], now: now)
-        }
         // Sessions in an array, found by client id through an index: the values are large.
         var sessions: [RestoredBrokerState.Session] = []
         var index: [String: Int] = [:]
@@ -73,26 +64,19 @@ extension SQLiteBrokerStore {
             sessions[at].subscriptions.append(
                 .init(filter: row["filter"], options: options, identifier: identifier.map { UInt32(clamping: $0) }))
         }
-        let deliveries = try Row.fetchCursor(
+        // Only the size of each session's queue: its messages are read when its client returns.
+        let backlogs = try Row.fetchCursor(
             db,
             sql: """
-                SELECT client_id, sequence, message_id, qos, retain, subscription_ids, state, packet_id
-                FROM delivery ORDER BY client_id, sequence
+                SELECT d.client_id, COUNT(*), MAX(d.sequence), SUM(length(m.wire))
+                FROM delivery d JOIN message m ON m.id = d.message_id GROUP BY d.client_id
                 """)
-        while let row = try deliveries.next() {
-            let messageID: Int64 = row[2]
-            guard let message = messages[messageID], let qos = MQTTQoS(rawValue: UInt8(clamping: row[3] as Int64))
-            else { continue }
-            let state = RestoredBrokerState.Delivery.State(rawValue: row[6]) ?? .queued
-            let clientID: String = row[0]
-            guard let at = index[clientID] else { continue }
-            sessions[at].deliveries.append(
-                .init(
-                    sequence: UInt64(row[1] as Int64), messageID: StoredMessageID(messageID), message: message,
-                    delivery: StoredDelivery(
-                        qos: qos, retain: row[4],
-                        subscriptionIdentifiers: StoredMessageCoding.identifiers(row[5] as String?)),
-                    state: state, packetIdentifier: UInt16(clamping: row[7] as Int64)))
+        while let row = try backlogs.next() {
+            guard let at = index[row[0] as String] else { continue }
+            let count: Int = row[1]
+            sessions[at].backlog = StoredBacklog(
+                count: count, bytes: row[3] as Int + count * StoredBacklog.overheadPerDelivery,
+                lastSequence: UInt64(row[2] as Int64))
         }
         for row in try Row.fetchAll(db, sql: "SELECT * FROM inbound_qos2") {
             guard let at = index[row["client_id"] as String] else { continue }
@@ -117,5 +101,39 @@ extension SQLiteBrokerStore {
         let nextID = (try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM message") ?? 0) + 1
         return RestoredBrokerState(
             sessions: sessions, retained: retained, nextMessageID: StoredMessageID(nextID))
+    }
+
+    /// The session's rows up to `backlog.lastSequence`: those it held at start-up. Rows added
+    /// since belong to deliveries the session already holds in memory.
+    func readBacklog(of clientID: String, _ backlog: StoredBacklog, _ db: Database) throws
+        -> [RestoredBrokerState.Delivery]
+    {
+        let now = StoredMessageCoding.Now()
+        var deliveries: [RestoredBrokerState.Delivery] = []
+        deliveries.reserveCapacity(backlog.count)
+        let rows = try Row.fetchCursor(
+            db.cachedStatement(
+                sql: """
+                    SELECT d.sequence, d.message_id, d.qos, d.retain, d.subscription_ids, d.state, d.packet_id,
+                        m.wire, m.publisher, m.expires_at
+                    FROM delivery d JOIN message m ON m.id = d.message_id
+                    WHERE d.client_id = ? AND d.sequence <= ? ORDER BY d.sequence
+                    """),
+            arguments: [clientID, Int64(backlog.lastSequence)])
+        while let row = try rows.next() {
+            // By column position: rows read by name spend their time finding names.
+            guard let qos = MQTTQoS(rawValue: UInt8(clamping: row[2] as Int64)) else { continue }
+            let message = try StoredMessageCoding.message(
+                wire: [UInt8](row[7] as Data), publisher: row[8], expiresAt: row[9], now: now)
+            deliveries.append(
+                .init(
+                    sequence: UInt64(row[0] as Int64), messageID: StoredMessageID(row[1] as Int64), message: message,
+                    delivery: StoredDelivery(
+                        qos: qos, retain: row[3],
+                        subscriptionIdentifiers: StoredMessageCoding.identifiers(row[4] as String?)),
+                    state: RestoredBrokerState.Delivery.State(rawValue: row[5]) ?? .queued,
+                    packetIdentifier: UInt16(clamping: row[6] as Int64)))
+        }
+        return deliveries
     }
 }

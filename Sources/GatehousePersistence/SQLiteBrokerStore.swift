@@ -45,7 +45,8 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     }
 
     public let settings: Settings
-    let database: DatabaseQueue
+    /// A pool: one writer, and readers that load a returning session's messages meanwhile.
+    let database: DatabasePool
     private let logger: Logger
     /// When the file last changed before this process opened it: the moment a crashed broker
     /// lost the connections its sessions still had.
@@ -80,13 +81,11 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         var configuration = Configuration()
         configuration.foreignKeysEnabled = false  // the writer deletes a session's rows itself
         let synchronous = settings.durability == .full ? "FULL" : "NORMAL"
-        configuration.prepareDatabase { db in
-            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
-            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
-        }
+        // The pool puts the file in WAL mode.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
         let path = settings.path
         do {
-            database = try DatabaseQueue(path: path, configuration: configuration)
+            database = try DatabasePool(path: path, configuration: configuration)
             let migrator = Self.migrator
             let superseded = try database.read { db in try migrator.hasBeenSuperseded(db) }
             guard !superseded else {
@@ -201,6 +200,18 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         waiters.append((ticket, eventLoop, body))
         if writerIdle { condition.signal() }
         condition.unlock()
+    }
+
+    public func loadBacklog(
+        of clientID: String, _ backlog: StoredBacklog, on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable (Result<[RestoredBrokerState.Delivery], any Error>) -> Void
+    ) {
+        database.asyncRead { [self] db in
+            let result = Result { () throws -> [RestoredBrokerState.Delivery] in
+                try readBacklog(of: clientID, backlog, try db.get())
+            }
+            eventLoop.execute { body(result) }
+        }
     }
 
     // MARK: The writer

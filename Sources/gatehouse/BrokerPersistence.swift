@@ -32,7 +32,7 @@ func restoreBroker(_ broker: Broker, from store: SQLiteBrokerStore, on eventLoop
     do { state = try store.load() } catch { throw ValidationError(error.description) }
     broker.restore(state, on: eventLoop)
     store.start()
-    let queued = state.sessions.reduce(0) { $0 + $1.deliveries.count }
+    let queued = state.sessions.reduce(0) { $0 + ($1.backlog?.count ?? 0) }
     logger.info(
         "broker store loaded",
         metadata: [

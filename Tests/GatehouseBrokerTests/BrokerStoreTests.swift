@@ -1,8 +1,10 @@
 import GatehouseAuth
+import Foundation
 import Logging
 import MQTTCore
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import Testing
 
 @testable import GatehouseBroker
@@ -16,6 +18,17 @@ final class RecordingStore: BrokerStore, Sendable {
     func currentTicket() -> UInt64 { 1 }
     func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
         eventLoop.execute(body)
+    }
+    /// What `loadBacklog` hands back, by client id, and which backlogs were asked for.
+    let backlogs = NIOLockedValueBox<[String: [RestoredBrokerState.Delivery]]>([:])
+    let backlogReads = NIOLockedValueBox<[String]>([])
+    func loadBacklog(
+        of clientID: String, _ backlog: StoredBacklog, on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable (Result<[RestoredBrokerState.Delivery], any Error>) -> Void
+    ) {
+        backlogReads.withLockedValue { $0.append(clientID) }
+        let deliveries = backlogs.withLockedValue { $0[clientID] ?? [] }
+        eventLoop.execute { body(.success(deliveries)) }
     }
 }
 
@@ -106,6 +119,72 @@ struct BrokerStoreTests {
         }
         try await back.expectSilence()
         #expect(broker.storage?.bytesStored == 0)
+    }
+}
+
+extension BrokerStoreTests {
+    private func storedDelivery(_ sequence: UInt64, _ topic: String, sent packetIdentifier: UInt16? = nil)
+        -> RestoredBrokerState.Delivery
+    {
+        RestoredBrokerState.Delivery(
+            sequence: sequence, messageID: sequence + 100,
+            message: RoutedMessage(
+                topic: topic, payload: ByteBuffer(string: "0123456789"), qos: .atLeastOnce, retain: false),
+            delivery: StoredDelivery(qos: .atLeastOnce, retain: false, subscriptionIdentifiers: []),
+            state: packetIdentifier == nil ? .queued : .sent, packetIdentifier: packetIdentifier ?? 0)
+    }
+
+    @Test("a restored session's stored messages are read when its client returns: in flight with DUP, then queued, then what came since start-up; unreadable ones dropped")
+    func backlogReadOnReturn() async throws {
+        let store = RecordingStore()
+        let broker = broker(store: store)
+        store.backlogs.withLockedValue {
+            $0["d"] = [
+                storedDelivery(3, "jobs/a", sent: 7), storedDelivery(4, "jobs/b"), storedDelivery(5, "forbidden/x"),
+            ]
+        }
+        let principal = Principal(
+            identityID: "anonymous", username: "anonymous", clientIdentifier: "d", tenant: "t", roles: [])
+        broker.restore(
+            RestoredBrokerState(sessions: [
+                .init(
+                    clientID: "d", principal: principal, expiryInterval: 300,
+                    detachedAt: Int64(Date().timeIntervalSince1970),
+                    subscriptions: [.init(filter: "jobs/#", options: .init(qos: .atLeastOnce), identifier: nil)],
+                    backlog: StoredBacklog(count: 3, bytes: 999, lastSequence: 5))
+            ]), on: NIOAsyncTestingEventLoop())
+        let session = try #require(broker.session(clientID: "d"))
+        #expect(session.queuedCount == 3 && broker.storage?.bytesStored == 999)
+
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        try await publish(publisher, "jobs/c", id: 1)
+        #expect(session.queuedCount == 4 && store.backlogReads.withLockedValue { $0 }.isEmpty)
+        let queuedSince = store.changes.compactMap { change -> UInt64? in
+            if case .deliveryQueued(_, let sequence, _, _) = change { return sequence }
+            return nil
+        }
+        #expect(queuedSince == [6], "sequences go on after the stored ones")
+
+        let back = try await TestConnection(broker: broker)
+        let connack = try await back.connect(
+            clientID: "d", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        #expect(connack.sessionPresent)
+        var received: [String] = []
+        for _ in 0..<3 {
+            guard case .publish(let delivered) = try await back.receive() else { throw TestFailure("expected PUBLISH") }
+            received.append("\(delivered.topicName)\(delivered.duplicate ? " dup \(delivered.packetIdentifier)" : "")")
+            try await back.send(.puback(.init(packetIdentifier: delivered.packetIdentifier)))
+        }
+        try await back.expectSilence()
+        #expect(received == ["jobs/a dup 7", "jobs/b", "jobs/c"])
+        #expect(store.backlogReads.withLockedValue { $0 } == ["d"])
+        let deleted = store.changes.compactMap { change -> UInt64? in
+            if case .deliveryDeleted(_, let sequence) = change { return sequence }
+            return nil
+        }
+        #expect(deleted.sorted() == [3, 4, 5, 6], "the unreadable one is dropped from the store too")
+        #expect(broker.storage?.bytesStored == 0, "the estimate is replaced by the exact sizes, then released")
     }
 }
 
