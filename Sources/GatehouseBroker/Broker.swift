@@ -143,7 +143,7 @@ public final class Broker: Sendable {
         for message in state.retained { retained.restore(message) }
         let now = wallClockSeconds()
         var allFilters: [(SubscriptionEntry, MQTTTopicFilter)] = []
-        var lostWills: [(Session, RoutedMessage, UInt32)] = []
+        var lostWills: [(Session, WillMessage, UInt32)] = []
         for stored in state.sessions {
             let session = registry.makeSession(
                 clientID: stored.clientID, principal: stored.principal, expiryInterval: stored.expiryInterval)
@@ -179,7 +179,7 @@ public final class Broker: Sendable {
 
     /// Publishes the Will of a connection that ended: now, or after its Will Delay Interval
     /// unless the session ends first or a new connection resumes it. [MQTT-3.1.3-9]
-    public func publishWill(_ will: RoutedMessage, delay: UInt32, session: Session, on eventLoop: any EventLoop) {
+    public func publishWill(_ will: WillMessage, delay: UInt32, session: Session, on eventLoop: any EventLoop) {
         wills.publish(will, delay: delay, session: session, on: eventLoop)
     }
 

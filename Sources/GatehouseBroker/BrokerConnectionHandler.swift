@@ -381,7 +381,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         opened.session.disarmWill()
         if let will = request.connect.will {
             opened.session.armWill(
-                willMessage(will, clientID: request.clientID), delay: will.properties.willDelayInterval ?? 0)
+                WillMessage(will, publisherClientID: request.clientID), delay: will.properties.willDelayInterval ?? 0)
         }
         broker.statistics.add(broker.statistics.clientsConnected, 1)
         send(accepted.connack)
@@ -687,7 +687,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         if let will = connection.will,
             broker.access.mayPublishWill(attached.principal, topic: will.topic)
         {
-            let message = willMessage(will, clientID: attached.session.clientID)
+            let message = WillMessage(will, publisherClientID: attached.session.clientID)
             let delay = will.properties.willDelayInterval ?? 0
             let session = attached.session
             if session.isAttached(to: self) {
@@ -699,13 +699,5 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
         }
         broker.connectionClosed(self, session: attached.session, on: eventLoop)
-    }
-
-    private func willMessage(_ will: MQTTPacket.Will, clientID: String) -> RoutedMessage {
-        RoutedMessage(
-            publish: MQTTPacket.Publish(
-                topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
-                properties: will.properties),
-            topic: will.topic, publisherClientID: clientID, now: .now())
     }
 }

@@ -71,11 +71,11 @@ public enum StoreChange: Sendable {
     case retainedSet(RoutedMessage)
     case retainedCleared(topic: String)
     /// A Will waiting out its delay, due at `dueAt` (seconds since 1970).
-    case willScheduled(clientID: String, message: RoutedMessage, dueAt: Int64)
+    case willScheduled(clientID: String, message: WillMessage, dueAt: Int64)
     case willCancelled(clientID: String)
     /// The Will of a connected persistent session: due `delay` seconds after its connection
     /// ends, which a crash of the broker also does.
-    case willArmed(clientID: String, message: RoutedMessage, delay: UInt32)
+    case willArmed(clientID: String, message: WillMessage, delay: UInt32)
     case willDisarmed(clientID: String)
 }
 
@@ -108,14 +108,14 @@ public struct RestoredBrokerState: Sendable {
         /// Its queued and in-flight deliveries, left in the store.
         public var backlog: StoredBacklog?
         public var inboundQoS2: [UInt16]
-        public var will: (message: RoutedMessage, dueAt: Int64)?
+        public var will: (message: WillMessage, dueAt: Int64)?
         /// The Will of a connection the previous process lost.
-        public var armedWill: (message: RoutedMessage, delay: UInt32)?
+        public var armedWill: (message: WillMessage, delay: UInt32)?
 
         public init(
             clientID: String, principal: Principal, expiryInterval: UInt32, detachedAt: Int64,
             subscriptions: [Subscription] = [], backlog: StoredBacklog? = nil, inboundQoS2: [UInt16] = [],
-            will: (message: RoutedMessage, dueAt: Int64)? = nil
+            will: (message: WillMessage, dueAt: Int64)? = nil
         ) {
             self.clientID = clientID
             self.principal = principal

@@ -121,3 +121,37 @@ final class SharedWireForms: Sendable {
 
     func bytes(for version: MQTTProtocolVersion) -> ByteBuffer { version == .v5 ? v5 : v311 }
 }
+
+/// A Will until it is published. Its Message Expiry Interval counts from publication, not
+/// from the CONNECT that carried it, so it is kept as an interval (MQTT 5.0, 3.1.3.2).
+public struct WillMessage: Sendable {
+    /// The message to publish, without an expiry.
+    public var message: RoutedMessage
+    public var expiryInterval: UInt32?
+
+    public init(message: RoutedMessage, expiryInterval: UInt32?) {
+        var message = message
+        message.expiresAt = nil
+        self.message = message
+        self.expiryInterval = expiryInterval
+    }
+
+    public init(_ will: MQTTPacket.Will, publisherClientID: String) {
+        let publish = MQTTPacket.Publish(
+            topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+            properties: will.properties)
+        self.init(
+            message: RoutedMessage(
+                publish: publish, topic: will.topic, publisherClientID: publisherClientID, now: .now()),
+            expiryInterval: will.properties.messageExpiryInterval)
+    }
+
+    public var topic: String { message.topic }
+
+    /// The message as published at `now`.
+    public func published(at now: NIODeadline) -> RoutedMessage {
+        var published = message
+        published.expiresAt = expiryInterval.map { now + .seconds(Int64($0)) }
+        return published
+    }
+}

@@ -126,9 +126,9 @@ public final class Session: @unchecked Sendable {
     private var resendInflight = false
     private var droppedMessages = 0
     /// A Will waiting out its delay; a new connection to the session cancels it.
-    private var pendingWill: (message: RoutedMessage, dueAt: Int64)?
+    private var pendingWill: (message: WillMessage, dueAt: Int64)?
     /// The connected client's Will, kept in the store so that a crash of the broker does not lose it.
-    private var armedWill: (message: RoutedMessage, delay: UInt32)?
+    private var armedWill: (message: WillMessage, delay: UInt32)?
     /// How many connections have attached, so that a timer set at one disconnect can tell
     /// whether the session has been resumed (and perhaps left again) since.
     private var attachments: UInt64 = 0
@@ -326,7 +326,7 @@ public final class Session: @unchecked Sendable {
     // MARK: Delayed Will
 
     /// The connection has a Will: the store keeps it while the session is persistent.
-    func armWill(_ will: RoutedMessage, delay: UInt32) {
+    func armWill(_ will: WillMessage, delay: UInt32) {
         lock.withLock {
             armedWill = (will, delay)
             recordLocked(.willArmed(clientID: clientID, message: will, delay: delay))
@@ -343,7 +343,7 @@ public final class Session: @unchecked Sendable {
     }
 
     /// `dueAt` is in seconds since 1970, for the store.
-    func setPendingWill(_ will: RoutedMessage, dueAt: Int64) {
+    func setPendingWill(_ will: WillMessage, dueAt: Int64) {
         lock.withLock {
             pendingWill = (will, dueAt)
             recordLocked(.willScheduled(clientID: clientID, message: will, dueAt: dueAt))
@@ -352,7 +352,7 @@ public final class Session: @unchecked Sendable {
 
     /// Takes the delayed Will, if it is still waiting (and, given `since`, only if no
     /// connection has attached since that count was read).
-    func takePendingWill(since count: UInt64? = nil) -> RoutedMessage? {
+    func takePendingWill(since count: UInt64? = nil) -> WillMessage? {
         lock.withLock {
             if let count, attachments != count { return nil }
             guard let will = pendingWill else { return nil }

@@ -5,10 +5,10 @@ import NIOCore
 struct WillScheduler: Sendable {
     let router: Router
 
-    func publish(_ will: RoutedMessage, delay: UInt32, session: Session, on eventLoop: any EventLoop) {
+    func publish(_ will: WillMessage, delay: UInt32, session: Session, on eventLoop: any EventLoop) {
         let wait = min(delay, session.expiryInterval)
         guard wait > 0 else {
-            router.publishNow(will)
+            router.publishNow(will.published(at: .now()))
             return
         }
         session.setPendingWill(will, dueAt: wallClockSeconds() + Int64(wait))
@@ -19,12 +19,12 @@ struct WillScheduler: Sendable {
     func publishWhenDue(of session: Session, in seconds: Int64, on eventLoop: any EventLoop) {
         let attachments = session.attachmentCount
         eventLoop.scheduleTask(in: .seconds(seconds)) { [router] in
-            if let due = session.takePendingWill(since: attachments) { router.publishNow(due) }
+            if let due = session.takePendingWill(since: attachments) { router.publishNow(due.published(at: .now())) }
         }
     }
 
     /// The session ended: a Will still waiting is due now.
     func publishPending(of session: Session) {
-        if let will = session.takePendingWill() { router.publishNow(will) }
+        if let will = session.takePendingWill() { router.publishNow(will.published(at: .now())) }
     }
 }

@@ -24,7 +24,7 @@ extension SQLiteBrokerStore {
         try db.execute(
             sql: "DELETE FROM session WHERE expiry_interval != ? AND detached_at + expiry_interval <= ?",
             arguments: [Int64(UInt32.max), now])
-        for table in ["subscription", "delivery", "inbound_qos2", "will", "armed_will"] {
+        for table in ["subscription", "delivery", "inbound_qos2", "session_will"] {
             try db.execute(sql: "DELETE FROM \(table) WHERE client_id NOT IN (SELECT client_id FROM session)")
         }
         // Queued (never sent) messages that expired are not delivered; in-flight ones complete.
@@ -82,17 +82,17 @@ extension SQLiteBrokerStore {
             guard let at = index[row["client_id"] as String] else { continue }
             sessions[at].inboundQoS2.append(UInt16(clamping: row["packet_id"] as Int64))
         }
-        for row in try Row.fetchAll(db, sql: "SELECT * FROM will") {
+        for row in try Row.fetchAll(db, sql: "SELECT * FROM session_will") {
             let message = try StoredMessageCoding.message(
-                wire: [UInt8](row["wire"] as Data), publisher: row["publisher"], expiresAt: row["expires_at"], now: now)
+                wire: [UInt8](row["wire"] as Data), publisher: row["publisher"], expiresAt: nil, now: now)
+            let interval: Int64? = row["expiry_interval"]
+            let will = WillMessage(message: message, expiryInterval: interval.map { UInt32(clamping: $0) })
             guard let at = index[row["client_id"] as String] else { continue }
-            sessions[at].will = (message, row["due_at"])
-        }
-        for row in try Row.fetchAll(db, sql: "SELECT * FROM armed_will") {
-            let message = try StoredMessageCoding.message(
-                wire: [UInt8](row["wire"] as Data), publisher: row["publisher"], expiresAt: row["expires_at"], now: now)
-            guard let at = index[row["client_id"] as String] else { continue }
-            sessions[at].armedWill = (message, UInt32(clamping: row["delay"] as Int64))
+            if let dueAt: Int64 = row["due_at"] {
+                sessions[at].will = (will, dueAt)
+            } else {
+                sessions[at].armedWill = (will, UInt32(clamping: row["delay"] as Int64))
+            }
         }
         let retained = try Row.fetchAll(db, sql: "SELECT * FROM retained").map { row in
             try StoredMessageCoding.message(

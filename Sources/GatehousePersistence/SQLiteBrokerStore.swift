@@ -165,6 +165,26 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                         delay INTEGER NOT NULL);
                     """)
         }
+        // One Will row a session: armed (due_at NULL, its connection is up) or pending. Its
+        // Message Expiry is an interval, counted when it is published.
+        migrator.registerMigration("3-wills") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE session_will (
+                        client_id TEXT PRIMARY KEY NOT NULL,
+                        wire BLOB NOT NULL,
+                        publisher TEXT,
+                        expiry_interval INTEGER,
+                        delay INTEGER NOT NULL DEFAULT 0,
+                        due_at INTEGER);
+                    INSERT OR REPLACE INTO session_will (client_id, wire, publisher, expiry_interval, delay)
+                        SELECT client_id, wire, publisher, MAX(0, expires_at - CAST(strftime('%s', 'now') AS INTEGER)), delay FROM armed_will;
+                    INSERT OR REPLACE INTO session_will (client_id, wire, publisher, expiry_interval, due_at)
+                        SELECT client_id, wire, publisher, MAX(0, expires_at - due_at), due_at FROM will;
+                    DROP TABLE will;
+                    DROP TABLE armed_will;
+                    """)
+        }
         return migrator
     }
 
@@ -335,17 +355,18 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         }
     }
 
-    /// A Will, pending (`will`, with its due time) or armed (`armed_will`, with its delay).
+    /// A session's Will: armed (no due time) or pending.
     private func saveWill(
-        _ message: RoutedMessage, of clientID: String, into table: String, column: String, value: Int64,
-        now: StoredMessageCoding.Now, _ db: Database
+        _ will: WillMessage, of clientID: String, delay: UInt32, dueAt: Int64?, _ db: Database
     ) throws {
         try db.cachedStatement(
-            sql:
-                "INSERT OR REPLACE INTO \(table) (client_id, wire, publisher, expires_at, \(column)) VALUES (?, ?, ?, ?, ?)"
+            sql: """
+                INSERT OR REPLACE INTO session_will (client_id, wire, publisher, expiry_interval, delay, due_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """
         ).execute(arguments: [
-            clientID, Data(try StoredMessageCoding.wire(message)), message.publisherClientID,
-            StoredMessageCoding.expiry(of: message, now: now), value,
+            clientID, Data(try StoredMessageCoding.wire(will.message)), will.message.publisherClientID,
+            will.expiryInterval.map { Int64($0) }, Int64(delay), dueAt,
         ])
     }
 
@@ -373,7 +394,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                     db.cachedStatement(sql: "SELECT message_id FROM delivery WHERE client_id = ?"),
                     arguments: [clientID])
                 unreferenced.formUnion(held)
-                for table in ["session", "subscription", "delivery", "inbound_qos2", "will", "armed_will"] {
+                for table in ["session", "subscription", "delivery", "inbound_qos2", "session_will"] {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE client_id = ?").execute(arguments: [
                         clientID
                     ])
@@ -435,15 +456,14 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                 ])
             case .retainedCleared(let topic):
                 try db.cachedStatement(sql: "DELETE FROM retained WHERE topic = ?").execute(arguments: [topic])
-            case .willScheduled(let clientID, let message, let dueAt):
-                try saveWill(message, of: clientID, into: "will", column: "due_at", value: dueAt, now: now, db)
-            case .willCancelled(let clientID):
-                try db.cachedStatement(sql: "DELETE FROM will WHERE client_id = ?").execute(arguments: [clientID])
-            case .willArmed(let clientID, let message, let delay):
-                try saveWill(
-                    message, of: clientID, into: "armed_will", column: "delay", value: Int64(delay), now: now, db)
-            case .willDisarmed(let clientID):
-                try db.cachedStatement(sql: "DELETE FROM armed_will WHERE client_id = ?").execute(arguments: [clientID])
+            case .willScheduled(let clientID, let will, let dueAt):
+                try saveWill(will, of: clientID, delay: 0, dueAt: dueAt, db)
+            case .willArmed(let clientID, let will, let delay):
+                try saveWill(will, of: clientID, delay: delay, dueAt: nil, db)
+            case .willCancelled(let clientID), .willDisarmed(let clientID):
+                try db.cachedStatement(sql: "DELETE FROM session_will WHERE client_id = ?").execute(arguments: [
+                    clientID
+                ])
             case .messageRouted:
                 break
             }

@@ -1,5 +1,5 @@
-import GatehouseAuth
 import Foundation
+import GatehouseAuth
 import Logging
 import MQTTCore
 import NIOConcurrencyHelpers
@@ -134,7 +134,9 @@ extension BrokerStoreTests {
             state: packetIdentifier == nil ? .queued : .sent, packetIdentifier: packetIdentifier ?? 0)
     }
 
-    @Test("a restored session's stored messages are read when its client returns: in flight with DUP, then queued, then what came since start-up; unreadable ones dropped")
+    @Test(
+        "a restored session's stored messages are read when its client returns: in flight with DUP, then queued, then what came since start-up; unreadable ones dropped"
+    )
     func backlogReadOnReturn() async throws {
         let store = RecordingStore()
         let broker = broker(store: store)

@@ -96,7 +96,9 @@ struct SQLiteBrokerStoreTests {
                 .retainedSet(message("r/1")),
                 .retainedSet(message("r/2")),
                 .retainedCleared(topic: "r/2"),
-                .willScheduled(clientID: "c", message: message("w"), dueAt: 2_000_000_000),
+                .willScheduled(
+                    clientID: "c", message: WillMessage(message: message("w"), expiryInterval: 30), dueAt: 2_000_000_000
+                ),
                 .sessionDetached(clientID: "c", at: Int64(Date().timeIntervalSince1970), expiryInterval: 600),
             ], to: store)
         store.close()
@@ -114,7 +116,10 @@ struct SQLiteBrokerStoreTests {
         // A delivery made after start-up is the session's in memory already: not read back.
         reopened.start()
         await commit(
-            [.messageSaved(9, message("a/9")), .deliveryQueued(clientID: "c", sequence: 7, message: 9, delivery: plain)],
+            [
+                .messageSaved(9, message("a/9")),
+                .deliveryQueued(clientID: "c", sequence: 7, message: 9, delivery: plain),
+            ],
             to: reopened)
         let deliveries = try await withCheckedThrowingContinuation { continuation in
             reopened.loadBacklog(of: "c", backlog, on: MultiThreadedEventLoopGroup.singleton.next()) {
@@ -125,6 +130,7 @@ struct SQLiteBrokerStoreTests {
         #expect(deliveries.first?.state == .released && deliveries.first?.packetIdentifier == 41)
         #expect(session.inboundQoS2 == [4])
         #expect(session.will?.dueAt == 2_000_000_000 && session.will?.message.topic == "w")
+        #expect(session.will?.message.expiryInterval == 30, "a Will's expiry counts from its publication")
         let restored = try #require(deliveries.first?.message)
         #expect(restored.payload == ByteBuffer(string: "payload of a/1") && restored.publisherClientID == "publisher")
         #expect(restored.forwardedProperties == [.contentType("text/plain"), .userProperty(name: "k", value: "v")])
@@ -155,6 +161,31 @@ struct SQLiteBrokerStoreTests {
         let state = try open().load()
         #expect(state.sessions.map(\.clientID) == ["forever"])
         #expect(try rows("message") == 0 && rows("delivery") == 0)
+    }
+
+    @Test("a store from before the one Will table keeps its pending and armed Wills, their expiry as an interval")
+    func willMigration() throws {
+        let old = try DatabaseQueue(path: path)
+        try SQLiteBrokerStore.migrator.migrate(old, upTo: "2-armed-wills")
+        let wire = Data(try StoredMessageCoding.wire(message("w")))
+        let now = Int64(Date().timeIntervalSince1970)
+        try old.write { db in
+            for client in ["pending", "armed"] {
+                try db.execute(
+                    sql: "INSERT INTO session VALUES (?, ?, 600, ?)",
+                    arguments: [client, try JSONEncoder().encode(principal), now])
+            }
+            try db.execute(
+                sql: "INSERT INTO will VALUES ('pending', ?, 'p', ?, ?)", arguments: [wire, now + 130, now + 100])
+            try db.execute(sql: "INSERT INTO armed_will VALUES ('armed', ?, 'p', ?, 5)", arguments: [wire, now + 40])
+        }
+        try old.close()
+        let state = try open().load()
+        let pending = try #require(state.sessions.first { $0.clientID == "pending" }?.will)
+        #expect(pending.dueAt == now + 100 && pending.message.expiryInterval == 30)
+        let armed = try #require(state.sessions.first { $0.clientID == "armed" }?.armedWill)
+        #expect(armed.delay == 5 && (39...40).contains(armed.message.expiryInterval ?? 0))
+        #expect(armed.message.topic == "w" && armed.message.message.expiresAt == nil)
     }
 
     @Test("a file that is not a store is refused, naming it")

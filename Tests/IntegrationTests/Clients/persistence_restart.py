@@ -255,6 +255,7 @@ def retained_messages_and_delayed_will_survive():
     will = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dying-device", protocol=mqtt.MQTTv5)
     will_properties = Properties(PacketTypes.WILLMESSAGE)
     will_properties.WillDelayInterval = 3
+    will_properties.MessageExpiryInterval = 2  # shorter than the delay: it counts from publication
     will.will_set("devices/dying/status", "gone", qos=1, properties=will_properties)
     connect_properties = Properties(PacketTypes.CONNECT)
     connect_properties.SessionExpiryInterval = 600
@@ -271,6 +272,9 @@ def retained_messages_and_delayed_will_survive():
     watcher = Client(broker.port, "will-watcher", clean=True, expiry=0)
     watcher.subscribe("devices/#", 1)
     check(wait(lambda: "gone" in watcher.payloads(), 8), "the delayed will is published after the restart")
+    gone = next(m for m in watcher.messages if m.payload == b"gone")
+    check(getattr(gone.properties, "MessageExpiryInterval", None) in (1, 2),  # whole seconds left
+          "the will's Message Expiry Interval starts when it is published", str(gone.properties))
     time.sleep(max(0, published + 2.5 - time.time()))
     reader = Client(broker.port, "retained-reader", clean=True, expiry=0)
     reader.subscribe("state/#", 1)
@@ -293,7 +297,9 @@ def will_of_a_connection_lost_in_a_crash():
     devices = {}
     for name in ["crashed", "polite"]:
         device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{name}", protocol=mqtt.MQTTv5)
-        device.will_set(f"devices/{name}/status", "offline", qos=1, retain=True)
+        will_properties = Properties(PacketTypes.WILLMESSAGE)
+        will_properties.MessageExpiryInterval = 2
+        device.will_set(f"devices/{name}/status", "offline", qos=1, retain=True, properties=will_properties)
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 600
         connected = threading.Event()
@@ -304,7 +310,7 @@ def will_of_a_connection_lost_in_a_crash():
         devices[name] = device
     devices["polite"].disconnect()
     devices["polite"].loop_stop()
-    time.sleep(0.3)
+    time.sleep(2.5)  # longer than the wills' expiry: it counts from publication, not from CONNECT
     broker.kill()
     devices["crashed"].loop_stop()
     broker = Broker()
@@ -316,6 +322,8 @@ def will_of_a_connection_lost_in_a_crash():
     check(statuses == {"devices/crashed/status": "offline"},
           "the will of a device connected at the kill is published after the restart; a normal DISCONNECT's is not",
           str(statuses))
+    check(getattr(watcher.messages[0].properties, "MessageExpiryInterval", None) in (1, 2),
+          "with its whole Message Expiry Interval", str(watcher.messages[0].properties))
     watcher.close()
     broker.stop()
 
