@@ -24,8 +24,11 @@ extension SQLiteBrokerStore {
         try db.execute(
             sql: "DELETE FROM session WHERE expiry_interval != ? AND detached_at + expiry_interval <= ?",
             arguments: [Int64(UInt32.max), now])
-        for table in ["subscription", "delivery", "inbound_qos2", "session_will"] {
-            try db.execute(sql: "DELETE FROM \(table) WHERE client_id NOT IN (SELECT client_id FROM session)")
+        // The writer deletes a session's rows with it, so only this purge leaves any behind.
+        if db.changesCount > 0 {
+            for table in ["subscription", "delivery", "inbound_qos2", "session_will"] {
+                try db.execute(sql: "DELETE FROM \(table) WHERE client_id NOT IN (SELECT client_id FROM session)")
+            }
         }
         // Queued (never sent) messages that expired are not delivered; in-flight ones complete.
         try db.execute(
