@@ -616,11 +616,19 @@ extension Session {
                 guard let wake = installBacklog(backlog, deliveries, readPermittedBy: authorizer) else { return }
                 wake.eventLoop.execute { wake.sessionHasOutput() }
             case .failure(let error):
-                // Kept in the store; the next connection tries again.
-                lock.withLock { loadingBacklog = false }
+                // Kept in the store. The connection gets nothing until the read succeeds, so it is
+                // tried again while a client is attached (a returning client also starts one).
+                let attached = lock.withLock {
+                    loadingBacklog = false
+                    return connection != nil
+                }
                 logger.error(
-                    "reading a session's stored messages failed",
+                    "reading a session's stored messages failed; retrying in 1 s",
                     metadata: ["client": "\(clientID)", "error": "\(error)"])
+                guard attached else { return }
+                eventLoop.scheduleTask(in: .seconds(1)) { [self] in
+                    startLoadingBacklog(readPermittedBy: authorizer, on: eventLoop, logger: logger)
+                }
             }
         }
     }

@@ -22,13 +22,20 @@ final class RecordingStore: BrokerStore, Sendable {
     /// What `loadBacklog` hands back, by client id, and which backlogs were asked for.
     let backlogs = NIOLockedValueBox<[String: [RestoredBrokerState.Delivery]]>([:])
     let backlogReads = NIOLockedValueBox<[String]>([])
+    /// How many of the next backlog reads fail.
+    let failingBacklogReads = NIOLockedValueBox(0)
+    struct ReadFailure: Error {}
     func loadBacklog(
         of clientID: String, _ backlog: StoredBacklog, on eventLoop: any EventLoop,
         _ body: @escaping @Sendable (Result<[RestoredBrokerState.Delivery], any Error>) -> Void
     ) {
         backlogReads.withLockedValue { $0.append(clientID) }
         let deliveries = backlogs.withLockedValue { $0[clientID] ?? [] }
-        eventLoop.execute { body(.success(deliveries)) }
+        let fails = failingBacklogReads.withLockedValue { count in
+            defer { count = max(0, count - 1) }
+            return count > 0
+        }
+        eventLoop.execute { body(fails ? .failure(ReadFailure()) : .success(deliveries)) }
     }
 }
 
@@ -134,6 +141,21 @@ extension BrokerStoreTests {
             state: packetIdentifier == nil ? .queued : .sent, packetIdentifier: packetIdentifier ?? 0)
     }
 
+    /// Restores one persistent session of the test authenticator's anonymous identity, subscribed
+    /// to `jobs/#`, its queue left in the store.
+    private func restoreSession(_ clientID: String, into broker: Broker, backlog: StoredBacklog) {
+        let principal = Principal(
+            identityID: "anonymous", username: "anonymous", clientIdentifier: clientID, tenant: "t", roles: [])
+        broker.restore(
+            RestoredBrokerState(sessions: [
+                .init(
+                    clientID: clientID, principal: principal, expiryInterval: 300,
+                    detachedAt: Int64(Date().timeIntervalSince1970),
+                    subscriptions: [.init(filter: "jobs/#", options: .init(qos: .atLeastOnce), identifier: nil)],
+                    backlog: backlog)
+            ]), on: NIOAsyncTestingEventLoop())
+    }
+
     @Test(
         "a restored session's stored messages are read when its client returns: in flight with DUP, then queued, then what came since start-up; unreadable ones dropped"
     )
@@ -145,16 +167,7 @@ extension BrokerStoreTests {
                 storedDelivery(3, "jobs/a", sent: 7), storedDelivery(4, "jobs/b"), storedDelivery(5, "forbidden/x"),
             ]
         }
-        let principal = Principal(
-            identityID: "anonymous", username: "anonymous", clientIdentifier: "d", tenant: "t", roles: [])
-        broker.restore(
-            RestoredBrokerState(sessions: [
-                .init(
-                    clientID: "d", principal: principal, expiryInterval: 300,
-                    detachedAt: Int64(Date().timeIntervalSince1970),
-                    subscriptions: [.init(filter: "jobs/#", options: .init(qos: .atLeastOnce), identifier: nil)],
-                    backlog: StoredBacklog(count: 3, bytes: 999, lastSequence: 5))
-            ]), on: NIOAsyncTestingEventLoop())
+        restoreSession("d", into: broker, backlog: StoredBacklog(count: 3, bytes: 999, lastSequence: 5))
         let session = try #require(broker.session(clientID: "d"))
         #expect(session.queuedCount == 3 && broker.storage?.bytesStored == 999)
 
@@ -187,6 +200,24 @@ extension BrokerStoreTests {
         }
         #expect(deleted.sorted() == [3, 4, 5, 6], "the unreadable one is dropped from the store too")
         #expect(broker.storage?.bytesStored == 0, "the estimate is replaced by the exact sizes, then released")
+    }
+
+    @Test("a failed read of the stored messages is retried while the client stays connected")
+    func backlogReadRetried() async throws {
+        let store = RecordingStore()
+        let broker = broker(store: store)
+        store.backlogs.withLockedValue { $0["d"] = [storedDelivery(0, "jobs/a")] }
+        store.failingBacklogReads.withLockedValue { $0 = 1 }
+        restoreSession("d", into: broker, backlog: StoredBacklog(count: 1, bytes: 0, lastSequence: 0))
+        let back = try await TestConnection(broker: broker)
+        try await back.connect(clientID: "d", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        try await back.expectSilence()
+        #expect(store.backlogReads.withLockedValue { $0 } == ["d"], "one read, failed: nothing is sent")
+        // The testing loop runs its timers only when its clock is moved.
+        await back.channel.testingEventLoop.advanceTime(by: .seconds(1))
+        guard case .publish(let delivered) = try await back.receive() else { throw TestFailure("expected PUBLISH") }
+        #expect(delivered.topicName == "jobs/a")
+        #expect(store.backlogReads.withLockedValue { $0 } == ["d", "d"])
     }
 }
 
