@@ -58,6 +58,7 @@ let package = Package(
             name: "GatehousePersistence",
             dependencies: [
                 "GatehouseBroker", "GatehouseAuth", "MQTTCore",
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -203,6 +204,7 @@ let package = Package(
             dependencies: [
                 "GatehousePersistence", "GatehouseBroker", "GatehouseAuth", "MQTTCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

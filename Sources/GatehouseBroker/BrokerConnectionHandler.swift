@@ -12,6 +12,23 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     public typealias InboundIn = MQTTPacket
     public typealias OutboundOut = ByteBuffer
 
+    private struct HeldAcknowledgement {
+        var packet: MQTTPacket
+        var ticket: UInt64
+        var receipt: DeliveryReceipt?
+        /// It waits for a commit that nothing else is likely to make unnecessary.
+        var urgent: Bool
+
+        init(packet: MQTTPacket, ticket: UInt64, receipt: DeliveryReceipt? = nil) {
+            self.packet = packet
+            self.ticket = ticket
+            self.receipt = receipt
+            self.urgent = ticket > 0 && receipt?.mayBeFulfilled != true
+        }
+
+        func mayGo(committed: UInt64) -> Bool { ticket <= committed || receipt?.isFulfilled == true }
+    }
+
     /// What a connected client has: its session and who it is.
     private struct Attachment {
         let session: Session
@@ -32,10 +49,14 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var context: ChannelHandlerContext?
     private var deliveries = DeliveryBatch()
     /// Acknowledgements waiting for the store to commit what they promise, in the order they
-    /// must go out [MQTT-4.6.0-2]; a ticket of 0 waits only for those ahead of it.
-    private var heldAcknowledgements = CircularBuffer<(packet: MQTTPacket, ticket: UInt64)>(initialCapacity: 1)
+    /// must go out [MQTT-4.6.0-2]; a ticket of 0 waits only for those ahead of it. One with a
+    /// receipt may also go once its subscribers have acknowledged every stored copy.
+    private var heldAcknowledgements = CircularBuffer<HeldAcknowledgement>(initialCapacity: 1)
     private var highestHeldTicket: UInt64 = 0
-    private var awaitingCommit = false
+    private var urgentlyHeld = 0
+    /// The highest ticket a `whenDurable` call is out for (0: none), and whether it was urgent.
+    private var awaitedTicket: UInt64 = 0
+    private var awaitingUrgently = false
     /// A held SUBACK holds the session's output too: the retained messages it unlocks follow it.
     private var heldSubAcks = 0
     /// Inside a read cycle, replies are written but flushed once at read-complete.
@@ -122,31 +143,43 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     // MARK: Acknowledgements that wait for the store
 
     /// Sends an acknowledgement now, or holds it until the store has committed what it
-    /// promises (`durable`) or until those ahead of it go.
-    private func acknowledge(_ packet: MQTTPacket, durable: Bool) {
+    /// promises (`durable`; or until `receipt` is fulfilled) or until those ahead of it go.
+    private func acknowledge(_ packet: MQTTPacket, durable: Bool, receipt: DeliveryReceipt? = nil) {
         if durable, let store = broker.store {
             let ticket = store.currentTicket()
             highestHeldTicket = max(highestHeldTicket, ticket)
-            hold(packet, ticket: ticket)
+            hold(HeldAcknowledgement(packet: packet, ticket: ticket, receipt: receipt))
         } else if !heldAcknowledgements.isEmpty {
-            hold(packet, ticket: 0)
+            hold(HeldAcknowledgement(packet: packet, ticket: 0))
         } else {
             send(packet)
         }
     }
 
-    private func hold(_ packet: MQTTPacket, ticket: UInt64) {
-        if case .suback = packet { heldSubAcks += 1 }
-        heldAcknowledgements.append((packet, ticket))
+    private func hold(_ held: HeldAcknowledgement) {
+        if case .suback = held.packet { heldSubAcks += 1 }
+        if held.urgent { urgentlyHeld += 1 }
+        heldAcknowledgements.append(held)
     }
 
-    /// Asks the store, once per read cycle, to say when the held acknowledgements may go.
+    public func deliveryReceiptsFulfilled() {
+        releaseAcknowledgements(through: 0)
+    }
+
+    /// Asks the store, once per read cycle, to say when the held acknowledgements may go;
+    /// again, urgently, if an urgent one came while a relaxed request was out.
     private func awaitCommit() {
-        guard !awaitingCommit, highestHeldTicket > 0, let store = broker.store else { return }
-        awaitingCommit = true
+        guard highestHeldTicket > 0, let store = broker.store else { return }
+        let urgent = urgentlyHeld > 0
+        guard awaitedTicket == 0 || (urgent && !awaitingUrgently) else { return }
         let ticket = highestHeldTicket
-        store.whenDurable(ticket, on: eventLoop) { [self] in
-            awaitingCommit = false
+        awaitedTicket = ticket
+        awaitingUrgently = urgent
+        store.whenDurable(ticket, on: eventLoop, urgent: urgent) { [self] in
+            if awaitedTicket <= ticket {
+                awaitedTicket = 0
+                awaitingUrgently = false
+            }
             releaseAcknowledgements(through: ticket)
             awaitCommit()
         }
@@ -158,12 +191,15 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         // Written as one batch, flushed once: a commit releases many acknowledgements.
         guard let context, connection.phase == .connected else { return }
         var released = false
-        while let first = heldAcknowledgements.first, first.ticket <= ticket {
+        while let first = heldAcknowledgements.first, first.mayGo(committed: ticket) {
             heldAcknowledgements.removeFirst()
             if case .suback = first.packet { heldSubAcks -= 1 }
+            if first.urgent { urgentlyHeld -= 1 }
             write(first.packet, version: connection.version, context: context)
             released = true
         }
+        // Nothing left to wait for: the commit pending need not be awaited again.
+        if heldAcknowledgements.isEmpty { highestHeldTicket = 0 }
         if released { flushOrDefer(context) }
         if releasedSubAck && heldSubAcks == 0 { sessionHasOutput() }
     }
@@ -421,17 +457,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard let session = attached?.session else { return }
         switch packet {
         case .puback(let ack):
-            if session.completeOutbound(ack.packetIdentifier) { drainPending = true }
+            if session.completeOutbound(ack.packetIdentifier, into: &deliveries) { drainPending = true }
         case .pubrec(let ack):
             if ack.reasonCode.isFailure {
-                if session.completeOutbound(ack.packetIdentifier) { drainPending = true }
+                if session.completeOutbound(ack.packetIdentifier, into: &deliveries) { drainPending = true }
             } else if session.releaseOutbound(ack.packetIdentifier) {
                 send(.pubrel(.init(packetIdentifier: ack.packetIdentifier)))
             } else {
                 send(.pubrel(.init(packetIdentifier: ack.packetIdentifier, reasonCode: .packetIdentifierNotFound)))
             }
         case .pubcomp(let ack):
-            if session.completeOutbound(ack.packetIdentifier) { drainPending = true }
+            if session.completeOutbound(ack.packetIdentifier, into: &deliveries) { drainPending = true }
         case .pubrel(let ack):
             let known = session.releaseInboundQoS2(ack.packetIdentifier)
             send(
@@ -474,12 +510,20 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         {
             code = .notAuthorized
         }
+        var receipt: DeliveryReceipt?
         if code == .success && !isRepeat {
             let message = RoutedMessage(
                 publish: publish, topic: topic, publisherClientID: session.clientID, now: .now())
+            // A QoS 1 PUBACK promises only the deliveries to persistent sessions (a retained
+            // message, or QoS 2 state, must be committed).
+            if publish.qos == .atLeastOnce && !publish.retain, let store = broker.store, store.isKeepingUp {
+                receipt = DeliveryReceipt(publisher: self)
+            }
             deliveries.wroteToStore = false
+            deliveries.receipt = receipt
             if broker.publish(message, topic: levels, into: &deliveries) == 0 { code = .noMatchingSubscribers }
-            if deliveries.wroteToStore { durable = true }
+            deliveries.receipt = nil
+            if deliveries.wroteToStore { durable = !(receipt?.routingFinished() ?? false) }
         } else if code.isFailure {
             logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(code)"])
             // A refused QoS 2 message is not held for PUBREL.
@@ -490,7 +534,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
         }
         if let acknowledgement = connection.acknowledgement(of: publish, code: code) {
-            acknowledge(acknowledgement, durable: durable)
+            acknowledge(acknowledgement, durable: durable, receipt: receipt)
         }
     }
 
@@ -555,6 +599,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let outgoing = session.takeOutgoing(now: now)
         guard !outgoing.isEmpty else { return }
         var buffer = context.channel.allocator.buffer(capacity: 256)
+        // Not `deliveries`: this drain may run inside that batch's own wake-up.
+        var droppedAsTooLarge = DeliveryBatch()
+        defer { droppedAsTooLarge.wakeAll() }
         for packet in outgoing {
             switch packet {
             case .pubrel(let identifier):
@@ -589,7 +636,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 guard written, buffer.writerIndex - start <= maximumPacketSize else {
                     // Too large for this client: dropped as if delivered. [MQTT-3.1.2-25]
                     buffer.moveWriterIndex(to: start)
-                    if queued.qos != .atMostOnce { _ = session.completeOutbound(identifier) }
+                    if queued.qos != .atMostOnce { _ = session.completeOutbound(identifier, into: &droppedAsTooLarge) }
                     continue
                 }
                 // The client knows the alias only once a packet carrying it with the topic went out.

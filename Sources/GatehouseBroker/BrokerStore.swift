@@ -14,13 +14,27 @@ public protocol BrokerStore: AnyObject, Sendable {
     func append(_ change: StoreChange)
     /// A ticket covering every change appended before this call.
     func currentTicket() -> UInt64
-    /// Runs `body` on `eventLoop` once every change covered by `ticket` is committed.
-    func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void)
+    /// Runs `body` on `eventLoop` once every change covered by `ticket` is committed. Not
+    /// `urgent`: what waits will most likely be released otherwise first (`DeliveryReceipt`),
+    /// so the commit may take longer and serve more.
+    func whenDurable(
+        _ ticket: UInt64, on eventLoop: any EventLoop, urgent: Bool, _ body: @escaping @Sendable () -> Void)
     /// Reads the deliveries a session held at start-up (its `backlog`), in delivery order, off
     /// the caller's thread, and hands them to `body` on `eventLoop`.
     func loadBacklog(
         of clientID: String, _ backlog: StoredBacklog, on eventLoop: any EventLoop,
         _ body: @escaping @Sendable (Result<[RestoredBrokerState.Delivery], any Error>) -> Void)
+    /// Whether the store keeps up with what it is given. A PUBACK goes before the commit only
+    /// then (`DeliveryReceipt`), so that publishers never outrun the writer.
+    var isKeepingUp: Bool { get }
+}
+
+extension BrokerStore {
+    public var isKeepingUp: Bool { true }
+
+    public func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
+        whenDurable(ticket, on: eventLoop, urgent: true, body)
+    }
 }
 
 /// The deliveries a restored session holds in the store and not yet in memory: start-up

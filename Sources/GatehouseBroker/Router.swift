@@ -135,7 +135,7 @@ public final class Router: Sendable {
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
             subscriptionIdentifiers: delivery.subscriptionIdentifiers)
-        let enqueued = session.enqueue(&message, stored, topic: topic, readPermittedBy: access)
+        let enqueued = session.enqueue(&message, stored, topic: topic, readPermittedBy: access, receipt: batch.receipt)
         batch.add(enqueued)
         return enqueued.accepted ? 1 : 0
     }
@@ -158,11 +158,15 @@ public final class Router: Sendable {
 }
 
 /// What routing within one read cycle leaves for its end: the connections to wake (once per
-/// event loop), and whether acknowledgements must wait for the store to commit.
+/// event loop), the publishers whose held acknowledgements may go, and whether
+/// acknowledgements must wait for the store to commit.
 public struct DeliveryBatch {
     private var wakes: [any SessionConnection] = []
+    private var fulfilledReceipts: [any SessionConnection] = []
     /// Set when routing wrote to the store; the caller clears it once it has taken a ticket.
     public var wroteToStore = false
+    /// The receipt of the message being routed, if its PUBACK may go before the commit.
+    var receipt: DeliveryReceipt?
 
     public init() {}
 
@@ -171,18 +175,31 @@ public struct DeliveryBatch {
         if enqueued.stored { wroteToStore = true }
     }
 
-    /// Wakes each connection once, with one task per event loop.
+    mutating func addFulfilledReceipt(_ publisher: any SessionConnection) {
+        if let last = fulfilledReceipts.last, last === publisher { return }
+        fulfilledReceipts.append(publisher)
+    }
+
+    /// Wakes each connection once, and tells each publisher, with one task per event loop.
     public mutating func wakeAll() {
-        guard !wakes.isEmpty else { return }
-        let batch = wakes
-        wakes.removeAll(keepingCapacity: true)
-        wake(batch)
+        if !wakes.isEmpty {
+            let batch = wakes
+            wakes.removeAll(keepingCapacity: true)
+            onTheirLoops(batch) { $0.sessionHasOutput() }
+        }
+        if !fulfilledReceipts.isEmpty {
+            let batch = fulfilledReceipts
+            fulfilledReceipts.removeAll(keepingCapacity: true)
+            onTheirLoops(batch) { $0.deliveryReceiptsFulfilled() }
+        }
     }
 }
 
-/// Wakes each connection once, with one task per event loop rather than one per message.
-func wake(_ connections: [any SessionConnection]) {
-    guard !connections.isEmpty else { return }
+/// Calls `body` for each connection on its event loop, with one task per loop rather than
+/// one per connection.
+private func onTheirLoops(
+    _ connections: [any SessionConnection], _ body: @escaping @Sendable (any SessionConnection) -> Void
+) {
     var byLoop: [ObjectIdentifier: (any EventLoop, [any SessionConnection])] = [:]
     for connection in connections {
         let key = ObjectIdentifier(connection.eventLoop)
@@ -190,9 +207,9 @@ func wake(_ connections: [any SessionConnection]) {
     }
     for (loop, batch) in byLoop.values {
         if loop.inEventLoop {
-            for connection in batch { connection.sessionHasOutput() }
+            for connection in batch { body(connection) }
         } else {
-            loop.execute { for connection in batch { connection.sessionHasOutput() } }
+            loop.execute { for connection in batch { body(connection) } }
         }
     }
 }

@@ -13,6 +13,13 @@ public protocol SessionConnection: AnyObject, Sendable {
     func sessionHasOutput()
     /// The broker ends the connection (session taken over, shutdown, revocation).
     func disconnect(reason: MQTTReasonCode)
+    /// Subscribers acknowledged every stored copy of a message whose PUBACK this connection
+    /// holds (`DeliveryReceipt`): send the acknowledgements that may go now.
+    func deliveryReceiptsFulfilled()
+}
+
+extension SessionConnection {
+    public func deliveryReceiptsFulfilled() {}
 }
 
 /// A message waiting for its turn in the in-flight window.
@@ -23,6 +30,8 @@ struct QueuedMessage: Sendable {
     var subscriptionIdentifiers: [UInt32]
     /// The session's count of deliveries when it took this one: its order, and its key in the store.
     var sequence: UInt64 = 0
+    /// Set on a stored delivery whose publisher's PUBACK may go once it is acknowledged.
+    var receipt: DeliveryReceipt?
 
     var storedDelivery: StoredDelivery {
         StoredDelivery(qos: qos, retain: retain, subscriptionIdentifiers: subscriptionIdentifiers)
@@ -405,7 +414,8 @@ public final class Session: @unchecked Sendable {
         _ message: inout RoutedMessage,
         _ delivery: StoredDelivery,
         topic: TopicLevels,
-        readPermittedBy authorizer: any Authorizer
+        readPermittedBy authorizer: any Authorizer,
+        receipt: DeliveryReceipt? = nil
     ) -> Enqueued {
         lock.withLock {
             guard readDecisions.decide(authorizer, _principal, .read, topic: topic) == .accept else {
@@ -430,6 +440,14 @@ public final class Session: @unchecked Sendable {
                 writeDeliveryLocked(&queued, to: storage)
                 message.storedID = queued.message.storedID  // the next session refers to the same row
                 result.stored = true
+                if let receipt {
+                    if connection == nil {
+                        receipt.storedOffline()
+                    } else {
+                        receipt.expectAcknowledgement()
+                        queued.receipt = receipt
+                    }
+                }
             }
             queue.append(queued)
             if let connection, !drainScheduled {
@@ -531,13 +549,17 @@ public final class Session: @unchecked Sendable {
         return identifier
     }
 
-    /// PUBACK, or PUBCOMP, or a failed PUBREC: the message leaves the window.
-    func completeOutbound(_ identifier: UInt16) -> Bool {
-        lock.withLock {
-            guard let done = inflight.removeValue(forKey: identifier) else { return false }
+    /// PUBACK, or PUBCOMP, or a failed PUBREC: the message leaves the window. A publisher whose
+    /// held PUBACK waited for this copy goes into `batch`, to be told at the end of the cycle.
+    func completeOutbound(_ identifier: UInt16, into batch: inout DeliveryBatch) -> Bool {
+        let done = lock.withLock {
+            guard let done = inflight.removeValue(forKey: identifier) else { return nil as InflightMessage? }
             forgetDeliveryLocked(done.queued)
-            return true
+            return done
         }
+        guard let done else { return false }
+        if let publisher = done.queued.receipt?.acknowledged() { batch.addFulfilledReceipt(publisher) }
+        return true
     }
 
     /// PUBREC: the message is delivered; PUBREL follows. Returns false for an unknown id.

@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import GRDB
 public import GatehouseBroker
@@ -11,7 +12,10 @@ public import NIOCore
 ///
 /// One writer thread applies the broker's changes in order and commits them in groups: a
 /// batch closes after `commitInterval`, at `maximumBatch` changes or when the flow pauses, so
-/// one commit serves many messages. Event loops only append under a short lock.
+/// one commit serves many messages. While no urgent acknowledgement waits (those waiting are
+/// likely released by their subscribers first) a batch may fill for `relaxedCommitInterval`:
+/// more of its deliveries are acknowledged within it and cancel out. Event loops only append
+/// under a short lock.
 public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     public enum Durability: String, Sendable, CaseIterable {
         /// Survives a crash of the process (SQLite `synchronous = NORMAL` in WAL mode).
@@ -24,16 +28,19 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         public var path: String
         public var durability: Durability
         public var commitInterval: TimeAmount
+        public var relaxedCommitInterval: TimeAmount
         public var maximumBatch: Int
         public var quietGap: TimeAmount
 
         public init(
             path: String, durability: Durability = .normal, commitInterval: TimeAmount = .milliseconds(2),
-            maximumBatch: Int = 2_048, quietGap: TimeAmount = .microseconds(100)
+            relaxedCommitInterval: TimeAmount = .milliseconds(20), maximumBatch: Int = 8_192,
+            quietGap: TimeAmount = .microseconds(100)
         ) {
             self.path = path
             self.durability = durability
             self.commitInterval = commitInterval
+            self.relaxedCommitInterval = max(commitInterval, relaxedCommitInterval)
             self.maximumBatch = maximumBatch
             self.quietGap = quietGap
         }
@@ -58,12 +65,14 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     /// The ticket of the batch now filling; every change appended is in it or an earlier one.
     private var openTicket: UInt64 = 1
     private var committedTicket: UInt64 = 0
-    private var waiters: [(ticket: UInt64, eventLoop: any EventLoop, body: @Sendable () -> Void)] = []
+    private var waiters: [(ticket: UInt64, eventLoop: any EventLoop, urgent: Bool, body: @Sendable () -> Void)] = []
     private var stopping = false
     private var running = false
     /// The writer waits for a batch to begin; while it lets one fill, appends need not wake it.
     private var writerIdle = false
     private var commits = 0
+    /// False after a batch of twice `maximumBatch`: changes piled up while the writer wrote.
+    private let keepingUp = ManagedAtomic(true)
     private var appliedChanges = 0
     // Writer thread only:
     /// Messages that lost their last delivery in the previous batch, deleted in this one if
@@ -210,17 +219,22 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         return openTicket
     }
 
-    public func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
+    public func whenDurable(
+        _ ticket: UInt64, on eventLoop: any EventLoop, urgent: Bool, _ body: @escaping @Sendable () -> Void
+    ) {
         condition.lock()
         if committedTicket >= ticket {
             condition.unlock()
             eventLoop.execute(body)
             return
         }
-        waiters.append((ticket, eventLoop, body))
-        if writerIdle { condition.signal() }
+        waiters.append((ticket, eventLoop, urgent, body))
+        // An urgent waiter shortens a relaxed batch.
+        if writerIdle || urgent { condition.signal() }
         condition.unlock()
     }
+
+    public var isKeepingUp: Bool { keepingUp.load(ordering: .relaxed) }
 
     public func loadBacklog(
         of clientID: String, _ backlog: StoredBacklog, on eventLoop: any EventLoop,
@@ -318,13 +332,21 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         }
         // The batch fills while changes keep coming: it closes at `commitInterval`, at
         // `maximumBatch`, or as soon as the flow pauses for `quietGap` (publishers waiting for
-        // their acknowledgements send nothing more), whichever comes first.
-        let closesAt = Date(timeIntervalSinceNow: Double(settings.commitInterval.nanoseconds) / 1e9)
+        // their acknowledgements send nothing more), whichever comes first. With no urgent
+        // waiter it just fills until `relaxedCommitInterval` (or an urgent waiter comes).
+        let opened = Date()
         let gap = Double(settings.quietGap.nanoseconds) / 1e9
         var seen = pending.count
         while !stopping && pending.count < settings.maximumBatch {
+            let urgent = waiters.contains { $0.urgent }
+            let interval = urgent ? settings.commitInterval : settings.relaxedCommitInterval
+            let closesAt = opened.addingTimeInterval(Double(interval.nanoseconds) / 1e9)
             let now = Date()
             guard now < closesAt else { break }
+            guard urgent else {
+                _ = condition.wait(until: closesAt)
+                continue
+            }
             if !condition.wait(until: min(closesAt, now.addingTimeInterval(gap))) {
                 if pending.count == seen { break }
             }
@@ -332,6 +354,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         }
         let changes = pending
         pending = []
+        keepingUp.store(changes.count < 2 * settings.maximumBatch, ordering: .relaxed)
         let ticket = openTicket
         openTicket += 1
         return (changes, ticket)

@@ -16,7 +16,9 @@ final class RecordingStore: BrokerStore, Sendable {
     var changes: [StoreChange] { recorded.withLockedValue { $0 } }
     func append(_ change: StoreChange) { recorded.withLockedValue { $0.append(change) } }
     func currentTicket() -> UInt64 { 1 }
-    func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
+    func whenDurable(
+        _ ticket: UInt64, on eventLoop: any EventLoop, urgent: Bool, _ body: @escaping @Sendable () -> Void
+    ) {
         eventLoop.execute(body)
     }
     /// What `loadBacklog` hands back, by client id, and which backlogs were asked for.

@@ -26,12 +26,14 @@ struct TestAuthorizer: Authorizer {
     }
 }
 
-func makeBroker(configure: (inout BrokerConfiguration) -> Void = { _ in }) -> Broker {
+func makeBroker(
+    store: (any BrokerStore)? = nil, configure: (inout BrokerConfiguration) -> Void = { _ in }
+) -> Broker {
     var configuration = BrokerConfiguration()
     configure(&configuration)
     return Broker(
         configuration: configuration, authenticator: TestAuthenticator(), authorizer: TestAuthorizer(),
-        logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        store: store, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
 }
 
 /// A client connection through the broker's real handlers, on NIO's thread-safe testing

@@ -31,3 +31,11 @@ extension Session {
         enqueue(queued, readPermittedBy: AllowAllAuthorizer()).wake
     }
 }
+
+extension Session {
+    /// Completes an outbound message, ignoring the publishers it would release.
+    func completeOutbound(_ identifier: UInt16) -> Bool {
+        var batch = DeliveryBatch()
+        return completeOutbound(identifier, into: &batch)
+    }
+}

@@ -4,6 +4,7 @@ import GatehouseAuth
 import GatehouseBroker
 import Logging
 import MQTTCore
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -44,6 +45,29 @@ struct SQLiteBrokerStoreTests {
             topic: topic, payload: ByteBuffer(string: "payload of \(topic)"), qos: .atLeastOnce, retain: false,
             forwardedProperties: [.contentType("text/plain"), .userProperty(name: "k", value: "v")],
             publisherClientID: "publisher", expiresAt: seconds.map { .now() + .seconds($0) })
+    }
+
+    @Test("a relaxed wait lets the batch fill; an urgent one closes it, and both are told")
+    func relaxedAndUrgentWaiters() async throws {
+        let store = try SQLiteBrokerStore(
+            settings: .init(path: path, relaxedCommitInterval: .seconds(30)), logger: logger)
+        _ = try store.load()
+        store.start()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        store.append(.sessionOpened(clientID: "c", principal: principal, expiryInterval: 60))
+        let ticket = store.currentTicket()
+        let told = NIOLockedValueBox<[String]>([])
+        store.whenDurable(ticket, on: loop, urgent: false) { told.withLockedValue { $0.append("relaxed") } }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(told.withLockedValue { $0 }.isEmpty)
+        #expect(try rows("session") == 0)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            store.whenDurable(ticket, on: loop, urgent: true) { done.resume() }
+        }
+        #expect(try rows("session") == 1)
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(told.withLockedValue { $0 } == ["relaxed"])
+        store.close()
     }
 
     @Test("a message three sessions hold is stored once, and goes when the last lets go")
