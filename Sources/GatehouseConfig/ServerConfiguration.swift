@@ -60,6 +60,9 @@ public struct ServerConfiguration: Sendable, Equatable {
     }
     public var allowAnonymous = false
     public var logLevel = "info"
+    /// `text` (one readable line per event) or `json` (one JSON object per line).
+    public var logFormat = "text"
+    public static let logFormats = ["text", "json"]
     /// Seconds between `$SYS` updates; 0 turns them off.
     public var sysInterval = 10
     public var limits = Limits()
@@ -253,6 +256,13 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
     public var column: Int?
     public var message: String
 
+    public init(file: String, line: Int? = nil, column: Int? = nil, message: String) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+    }
+
     public var description: String {
         guard let line else { return "\(file): \(message)" }
         return "\(file):\(line):\(column ?? 1): \(message)"
@@ -261,7 +271,8 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 
 extension ServerConfiguration {
     private static let topLevelKeys = [
-        "listeners", "data_dir", "allow_anonymous", "log_level", "sys_interval", "limits", "authentication",
+        "listeners", "data_dir", "allow_anonymous", "log_level", "log_format", "sys_interval", "limits",
+        "authentication",
         "iam_database", "acl", "acl_refused_publish", "http", "oauth", "enrollment", "persistence",
     ]
     fileprivate static let persistenceKeys = [
@@ -284,15 +295,51 @@ extension ServerConfiguration {
     /// Reads a YAML configuration. Unknown keys, wrong types and out-of-range values are
     /// errors that name their line: a typo must not silently fall back to a default.
     public static func parse(_ text: String, file: String) throws(ConfigurationError) -> ServerConfiguration {
-        var configuration = ServerConfiguration()
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw ConfigurationError(file: file, line: nil, column: nil, message: "not valid YAML: \(error)")
-        } catch {
-            throw ConfigurationError(file: file, line: nil, column: nil, message: "not valid YAML: \(error)")
+        try read(try compose(text, file: file), file: file)
+    }
+
+    /// The prefix of the environment variables that set configuration keys.
+    public static let environmentPrefix = "GATEHOUSE_"
+
+    /// Reads the configuration file's text (nil: there is none) with environment variables on
+    /// top, EMQX's way: `GATEHOUSE_LIMITS__MAX_PACKET_SIZE=65536` sets `max_packet_size` in
+    /// `limits` (`__` between levels). A value is read as YAML, so `[a, b]` is a list. A
+    /// variable without `__` that names no top-level key (`GATEHOUSE_BINARY`) is not a
+    /// setting and is ignored; a bad one is an error naming the variable.
+    public static func parse(
+        _ text: String?, file: String, environment: [String: String]
+    ) throws(ConfigurationError) -> ServerConfiguration {
+        var root: Node?
+        if let text { root = try compose(text, file: file) }
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix(environmentPrefix) {
+            let path = name.dropFirst(environmentPrefix.count).lowercased().split(
+                separator: "__", omittingEmptySubsequences: false
+            ).map(String.init)
+            guard path.count > 1 || topLevelKeys.contains(path[0]) else { continue }
+            let origin = "environment variable \(name)"
+            guard !path.contains(where: \.isEmpty) else {
+                throw ConfigurationError(file: origin, message: "an empty key between '__'")
+            }
+            let valueNode = (try? Yams.compose(yaml: value)).flatMap { $0 } ?? Node(value)
+            // Read alone first, so that a bad value is reported against its variable.
+            do { _ = try read(Node.setting(path[...], to: valueNode, in: nil), file: origin) } catch {
+                throw ConfigurationError(file: origin, message: error.message)
+            }
+            root = Node.setting(path[...], to: valueNode, in: root)
         }
+        return try read(root, file: file)
+    }
+
+    private static func compose(_ text: String, file: String) throws(ConfigurationError) -> Node? {
+        do {
+            return try Yams.compose(yaml: text)
+        } catch {
+            throw ConfigurationError(file: file, message: "not valid YAML: \(error)")
+        }
+    }
+
+    private static func read(_ root: Node?, file: String) throws(ConfigurationError) -> ServerConfiguration {
+        var configuration = ServerConfiguration()
         guard let root else { return configuration }  // an empty file keeps every default
         let reader = NodeReader(file: file)
         for (keyNode, value) in try reader.mapping(root, "the top level") {
@@ -385,6 +432,12 @@ extension ServerConfiguration {
                     throw reader.error(at: value, "'log_level' must be one of \(logLevels.joined(separator: ", "))")
                 }
                 configuration.logLevel = level
+            case "log_format":
+                let format = try reader.string(value, key)
+                guard logFormats.contains(format) else {
+                    throw reader.error(at: value, "'log_format' must be text or json")
+                }
+                configuration.logFormat = format
             case "sys_interval": configuration.sysInterval = try reader.int(value, key, in: 0...86_400)
             case "iam_database": configuration.iamDatabase = try reader.string(value, key)
             case "acl": configuration.aclFile = try reader.string(value, key)
@@ -609,5 +662,21 @@ private struct NodeReader {
             throw error(at: node, "'\(key)' must be between \(range.lowerBound) and \(range.upperBound), not \(value)")
         }
         return value
+    }
+}
+
+extension Node {
+    /// `node` (a mapping, or nil for an empty one) with the key at `path` set to `value`,
+    /// replacing what was there and making the mappings on the way.
+    fileprivate static func setting(_ path: ArraySlice<String>, to value: Node, in node: Node?) -> Node {
+        guard let key = path.first else { return value }
+        var pairs: [(Node, Node)] = []
+        if case .mapping(let mapping) = node { pairs = mapping.map { ($0.key, $0.value) } }
+        if let index = pairs.firstIndex(where: { $0.0.string == key }) {
+            pairs[index].1 = setting(path.dropFirst(), to: value, in: pairs[index].1)
+        } else {
+            pairs.append((Node(key), setting(path.dropFirst(), to: value, in: nil)))
+        }
+        return Node(pairs)
     }
 }

@@ -64,9 +64,10 @@ struct ACL: ParsableCommand {
     struct Reload: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Send SIGHUP to the broker whose pid file is in the data directory (ACL and TLS files).")
-        @Option(help: ArgumentHelp("The broker's data directory.", valueName: "dir")) var dataDir = "./data"
+        @Option(help: dataDirectoryHelp) var dataDir: String?
 
         func run() throws {
+            let dataDir = dataDirectory(dataDir)
             let file = (dataDir as NSString).appendingPathComponent("gatehouse.pid")
             guard let text = try? String(contentsOfFile: file, encoding: .utf8),
                 let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))

@@ -24,16 +24,17 @@ struct IAM: AsyncParsableCommand {
 
 /// Where the store is; shared by every `iam` command.
 struct StoreOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The broker's data directory.", valueName: "dir"))
-    var dataDir: String = "./data"
+    @Option(help: dataDirectoryHelp)
+    var dataDir: String?
 
     @Option(help: ArgumentHelp("The identity store file (default DATA_DIR/iam.sqlite).", valueName: "file"))
     var database: String?
 
     func open() throws -> IdentityStore {
-        let path = database ?? IdentityStore.defaultPath(dataDirectory: dataDir)
+        let directory = dataDirectory(dataDir)
+        let path = database ?? IdentityStore.defaultPath(dataDirectory: directory)
         if database == nil {
-            try? FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
         return try IdentityStore(path: path)
     }

@@ -64,20 +64,29 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
     var logLevel: LogLevel?
 
+    @Option(help: "Log format: text (the default) or json (one object per line).")
+    var logFormat: LogFormat?
+
     @Option(
         help: "on: keep sessions and acknowledged messages in DATA_DIR/broker.sqlite (the default); off: memory only.")
     var persistence: Switch?
 
-    /// The file's settings with the flags applied over them.
+    /// The file's settings, the `GATEHOUSE_…` environment variables over them, and the flags
+    /// over both.
     func resolvedConfiguration() throws -> ServerConfiguration {
         var settings = ServerConfiguration()
+        var text: String?
         if let config {
-            guard let text = try? String(contentsOfFile: config, encoding: .utf8) else {
+            guard let contents = try? String(contentsOfFile: config, encoding: .utf8) else {
                 throw ValidationError("cannot read the configuration file '\(config)'")
             }
-            do { settings = try ServerConfiguration.parse(text, file: config) } catch {
-                throw ValidationError(error.description)
-            }
+            text = contents
+        }
+        do {
+            settings = try ServerConfiguration.parse(
+                text, file: config ?? "the configuration", environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
         }
         if !listeners.isEmpty {
             settings.listeners = []
@@ -117,6 +126,7 @@ struct Serve: AsyncParsableCommand {
         if allowAnonymous { settings.allowAnonymous = true }
         if let acl { settings.aclFile = acl }
         if let logLevel { settings.logLevel = logLevel.rawValue }
+        if let logFormat { settings.logFormat = logFormat.rawValue }
         if let persistence { settings.persistence.enabled = persistence == .on }
         return settings
     }
@@ -128,8 +138,10 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         let settings = try resolvedConfiguration()
         let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        let json = settings.logFormat == "json"
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler: any LogHandler =
+                json ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
@@ -203,9 +215,12 @@ struct Serve: AsyncParsableCommand {
         }
         // Trap SIGHUP before listening: its default action would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let notifier = SystemdNotifier()
         let reloader = ReloadOnHangup(signals: hangups, logger: logger) {
+            notifier.reloading()
             reloadACL(aclFile, into: authorizer, broker: broker, logger: logger)
             server.reloadTLS()
+            notifier.notify("READY=1")
         }
         // Services stop in reverse order: the broker store is first, so that it closes last.
         var services: [any Service] = brokerStore.map { [BrokerStoreService(store: $0, logger: logger)] } ?? []
@@ -222,6 +237,7 @@ struct Serve: AsyncParsableCommand {
                     ],
                     sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
         }
+        services.append(ReadinessNotification(notifier: notifier, isReady: { server.isListening }, logger: logger))
         let group = ServiceGroup(
             configuration: .init(
                 services: services,
@@ -373,4 +389,8 @@ enum Switch: String, CaseIterable, ExpressibleByArgument {
 /// The swift-log levels, as a command-line value.
 enum LogLevel: String, CaseIterable, ExpressibleByArgument {
     case trace, debug, info, notice, warning, error, critical
+}
+
+enum LogFormat: String, CaseIterable, ExpressibleByArgument {
+    case text, json
 }

@@ -1,3 +1,4 @@
+import Foundation
 import GatehouseBroker
 import GatehouseConfig
 import GatehouseHTTP
@@ -26,6 +27,7 @@ struct ServerConfigurationTests {
             data_dir: /var/lib/gatehouse
             allow_anonymous: true
             log_level: debug
+            log_format: json
             sys_interval: 30
             limits:
               max_packet_size: 65536
@@ -63,6 +65,7 @@ struct ServerConfigurationTests {
         #expect(resolved.listeners[3].tls == configured)
         #expect(resolved.listeners[0].tls == nil)
         #expect(configuration.allowAnonymous && configuration.logLevel == "debug" && configuration.sysInterval == 30)
+        #expect(configuration.logFormat == "json")
         let limits = configuration.limits
         #expect(limits.maxPacketSize == 65_536 && limits.connectTimeout == 5 && limits.maxInflightMessages == 50)
         #expect(limits.maxQueuedMessages == 5_000 && limits.receiveMaximum == 200 && limits.topicAliasMaximum == 0)
@@ -172,6 +175,80 @@ struct ServerConfigurationTests {
         }
     }
 
+    @Test("GATEHOUSE_ environment variables override the file, level by level, with YAML values")
+    func environmentOverrides() throws {
+        let file = """
+            log_level: debug
+            limits:
+              max_packet_size: 4096
+              max_queued_messages: 50
+            """
+        let settings = try ServerConfiguration.parse(
+            file, file: "g.yaml",
+            environment: [
+                "GATEHOUSE_LIMITS__MAX_PACKET_SIZE": "65536",
+                "GATEHOUSE_DATA_DIR": "/var/lib/gatehouse",
+                "GATEHOUSE_AUTHENTICATION__METHODS": "[token, password]",
+                "GATEHOUSE_PERSISTENCE__DURABILITY": "full",
+                "GATEHOUSE_LISTENERS": "[mqtt://0.0.0.0:1883, http://0.0.0.0:8080]",
+                "GATEHOUSE_BINARY": "/usr/bin/gatehouse",  // not a setting
+                "HOME": "/root",
+            ])
+        #expect(settings.limits.maxPacketSize == 65_536)
+        #expect(settings.limits.maxQueuedMessages == 50)
+        #expect(settings.logLevel == "debug")
+        #expect(settings.dataDirectory == "/var/lib/gatehouse")
+        #expect(settings.authentication.methods == ["token", "password"])
+        #expect(settings.persistence.durability == "full")
+        #expect(settings.listeners.map(\.address.port) == [1883])
+        #expect(settings.httpListeners.map(\.port) == [8080])
+        let withoutFile = try ServerConfiguration.parse(
+            nil, file: "the configuration", environment: ["GATEHOUSE_SYS_INTERVAL": "0"])
+        #expect(withoutFile.sysInterval == 0 && withoutFile.limits == ServerConfiguration.Limits())
+    }
+
+    @Test(
+        "a bad environment variable is refused by its name",
+        arguments: [
+            (
+                "GATEHOUSE_LIMITS__MAX_PACKET_SIZE", "10",
+                "environment variable GATEHOUSE_LIMITS__MAX_PACKET_SIZE: 'max_packet_size' must be between 64"
+            ),
+            (
+                "GATEHOUSE_LIMITS__MAX_PACKT_SIZE", "100",
+                "environment variable GATEHOUSE_LIMITS__MAX_PACKT_SIZE: unknown key 'max_packt_size' in 'limits'"
+            ),
+            (
+                "GATEHOUSE_LIMTS__MAX_PACKET_SIZE", "100",
+                "environment variable GATEHOUSE_LIMTS__MAX_PACKET_SIZE: unknown key 'limts'"
+            ),
+            (
+                "GATEHOUSE_ALLOW_ANONYMOUS", "perhaps",
+                "environment variable GATEHOUSE_ALLOW_ANONYMOUS: 'allow_anonymous' must be true or false"
+            ),
+            ("GATEHOUSE_LIMITS__", "1", "environment variable GATEHOUSE_LIMITS__: an empty key"),
+        ])
+    func environmentMistakes(name: String, value: String, message: String) {
+        #expect {
+            try ServerConfiguration.parse("", file: "g.yaml", environment: [name: value])
+        } throws: { error in
+            let description = (error as? ConfigurationError)?.description ?? ""
+            if !description.hasPrefix(message) { Issue.record("got: \(description)") }
+            return description.hasPrefix(message)
+        }
+    }
+
+    @Test("the container's configuration (docker/gatehouse.yaml) is valid and listens on every interface")
+    func containerConfiguration() throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("docker/gatehouse.yaml").path
+        let settings = try ServerConfiguration.parse(
+            try String(contentsOfFile: file, encoding: .utf8), file: file, environment: [:])
+        #expect(settings.listeners.map(\.address.host) == ["0.0.0.0", "0.0.0.0", "0.0.0.0"])
+        #expect(settings.httpListeners.map(\.host) == ["0.0.0.0"])
+        #expect(settings.dataDirectory == "/var/lib/gatehouse" && settings.persistence.enabled)
+    }
+
     @Test("an empty file keeps every default")
     func empty() throws {
         #expect(try ServerConfiguration.parse("", file: "g.yaml") == ServerConfiguration())
@@ -190,6 +267,7 @@ struct ServerConfigurationTests {
             ("sys_interval: often", "g.yaml:1:15: 'sys_interval' must be a whole number"),
             ("allow_anonymous: maybe", "g.yaml:1:18: 'allow_anonymous' must be true or false"),
             ("log_level: loud", "g.yaml:1:12: 'log_level' must be one of trace, debug"),
+            ("log_format: xml", "g.yaml:1:13: 'log_format' must be text or json"),
             ("listeners: mqtt://x:1", "g.yaml:1:12: 'listeners' must be a list"),
             (
                 "listeners:\n  - mqttx://x:8883",

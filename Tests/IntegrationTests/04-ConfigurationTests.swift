@@ -44,6 +44,49 @@ struct ConfigurationTests {
         #expect(!FileManager.default.fileExists(atPath: pidFile.path), "the pid file outlived the broker")
     }
 
+    @Test("GATEHOUSE_ environment variables override the file; a bad one is refused by its name")
+    func environmentOverrides() async throws {
+        let file = try writeConfiguration("allow_anonymous: true\nsys_interval: 0\nlimits:\n  max_topic_levels: 2\n")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let broker = try BrokerProcess(
+            arguments: ["--config", file.path], environment: ["GATEHOUSE_LIMITS__MAX_TOPIC_LEVELS": "3"])
+        try await broker.waitUntilListening()
+        let port = String(broker.port)
+        let three = try await runTool(
+            "mosquitto_pub", ["-p", port, "-V", "mqttv5", "-t", "a/b/c", "-m", "x", "-q", "1", "-d"])
+        // Three levels pass the limit (whatever the ACL then says); four get 0x90.
+        #expect(three.output.contains("received PUBACK") && !three.output.contains("RC:144"), "\(three.output)")
+        let four = try await runTool(
+            "mosquitto_pub", ["-p", port, "-V", "mqttv5", "-t", "a/b/c/d", "-m", "x", "-q", "1", "-d"])
+        #expect(four.output.contains("received PUBACK (Mid: 1, RC:144)"), "\(four.output)")
+        #expect(try await broker.stop() == 0)
+
+        let refused = try await runGatehouse(
+            ["serve", "--config", file.path], environment: ["GATEHOUSE_LIMITS__MAX_TOPIC_LEVEL": "3"])
+        #expect(refused.status != 0)
+        #expect(
+            refused.standardError.contains(
+                "environment variable GATEHOUSE_LIMITS__MAX_TOPIC_LEVEL: unknown key 'max_topic_level' in 'limits'"),
+            "\(refused.standardError)")
+    }
+
+    @Test("the CLI takes --data-dir before the subcommand, and GATEHOUSE_DATA_DIR without it")
+    func dataDirectoryBeforeSubcommand() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "gh-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let added = try await runGatehouse(["iam", "--data-dir", dataDirectory.path, "tenant", "add", "north"])
+        #expect(added.status == 0, "\(added.standardError)")
+        let addedAgain = try await runGatehouse(["iam", "tenant", "--data-dir=\(dataDirectory.path)", "add", "south"])
+        #expect(addedAgain.status == 0, "\(addedAgain.standardError)")
+        let listed = try await runGatehouse(
+            ["iam", "tenant", "list"], environment: ["GATEHOUSE_DATA_DIR": dataDirectory.path])
+        #expect(
+            listed.status == 0 && listed.standardOutput.contains("north") && listed.standardOutput.contains("south"),
+            "\(listed.standardOutput)\(listed.standardError)")
+        #expect(FileManager.default.fileExists(atPath: dataDirectory.appendingPathComponent("iam.sqlite").path))
+    }
+
     @Test("a broken file is refused with file:line:column and a non-zero exit")
     func brokenFile() async throws {
         let file = try writeConfiguration("listeners:\n  - mqtt://127.0.0.1:0\nlimits:\n  connect_timeout: never\n")

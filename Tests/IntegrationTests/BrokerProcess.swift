@@ -18,7 +18,10 @@ final class BrokerProcess {
 
     /// `listeners` become `--listen` flags; with a configuration file that declares them
     /// instead, pass `listeners: []` and how many it declares as `listenerCount`.
-    init(arguments: [String] = [], listeners: [String] = ["mqtt://127.0.0.1:0"], listenerCount: Int? = nil) throws {
+    init(
+        arguments: [String] = [], listeners: [String] = ["mqtt://127.0.0.1:0"], listenerCount: Int? = nil,
+        environment: [String: String] = [:]
+    ) throws {
         self.listenerCount = listenerCount ?? listeners.count
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("gatehouse-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
@@ -30,6 +33,7 @@ final class BrokerProcess {
             ["serve"] + listeners.flatMap { ["--listen", $0] } + ["--data-dir", dataDirectory.path] + arguments
         process.standardOutput = log
         process.standardError = log
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()
     }
 
@@ -182,12 +186,14 @@ struct SplitResult {
 
 /// Runs the gatehouse binary with `input` on standard input, keeping its two outputs apart
 /// (a token must be alone on standard output).
-func runGatehouse(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(20)) async throws
-    -> SplitResult
-{
+func runGatehouse(
+    _ arguments: [String], input: String? = nil, environment: [String: String] = [:],
+    timeout: Duration = .seconds(20)
+) async throws -> SplitResult {
     let process = Process()
     process.executableURL = BrokerProcess.binary
     process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let base = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)")
     let outURL = base.appendingPathExtension("out")
     let errURL = base.appendingPathExtension("err")
