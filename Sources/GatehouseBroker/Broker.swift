@@ -183,6 +183,13 @@ public final class Broker: Sendable {
         wills.publish(will, delay: delay, session: session, on: eventLoop)
     }
 
+    /// Sessions with a connected client, and those that wait offline for theirs.
+    public func sessionCounts() -> (connected: Int, offline: Int) {
+        let sessions = registry.all
+        let connected = sessions.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
+        return (connected, sessions.count - connected)
+    }
+
     /// The principal of every connected client, for re-checking after an identity change.
     public func connectedPrincipals() -> [(clientID: String, principal: Principal)] {
         registry.all.compactMap { $0.currentConnection == nil ? nil : ($0.clientID, $0.principal) }

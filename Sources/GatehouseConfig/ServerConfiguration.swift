@@ -281,6 +281,7 @@ extension ServerConfiguration {
     private static let enrollmentKeys = ["enabled", "ca_certificate", "ca_key", "validity_days"]
     private static let httpKeys = [
         "public_url", "max_body_size", "token_rate_per_address", "token_rate_per_client", "service_user_token_lifetime",
+        "metrics_require_token",
     ]
     private static let oauthKeys = [
         "access_token_lifetime", "refresh_token_lifetime", "max_assertion_lifetime", "refresh_retry_window",
@@ -373,6 +374,8 @@ extension ServerConfiguration {
                     case "service_user_token_lifetime":
                         configuration.http.serviceUserTokenLifetime = Int64(
                             try reader.int(httpValue, name, in: 60...86_400))
+                    case "metrics_require_token":
+                        configuration.http.metricsRequireToken = try reader.bool(httpValue, name)
                     case "token_rate_per_address":
                         configuration.http.tokenRequestsPerAddress = Double(
                             try reader.int(httpValue, name, in: 0...1_000_000))

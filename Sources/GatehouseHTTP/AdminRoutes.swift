@@ -86,17 +86,31 @@ struct AdminRoutes: Sendable {
         }
     }
 
-    /// Checks the admin token and reads the body, then runs the route.
-    private func admin(_ request: Request, _ context: GatehouseRequestContext, _ handler: Handler) async -> Response {
+    /// The identity behind the request's admin token, or the 401 or 403 to answer with.
+    static func admin(of request: Request, store: IdentityStore) async -> Result<Principal, AdminRefusal> {
         guard let bearer = OAuthForm.bearer(request.headers[.authorization]),
             let principal = await store.principal(bearerToken: bearer)
         else {
             var response = Problem(401, "an admin token is required (Authorization: Bearer gth_…)").response
             response.headers[.wwwAuthenticate] = "Bearer realm=\"gatehouse\""
-            return response
+            return .failure(AdminRefusal(response: response))
         }
         guard principal.roles.contains("admin") else {
-            return Problem(403, "the token's identity is not an admin").response
+            return .failure(AdminRefusal(response: Problem(403, "the token's identity is not an admin").response))
+        }
+        return .success(principal)
+    }
+
+    struct AdminRefusal: Error {
+        var response: Response
+    }
+
+    /// Checks the admin token and reads the body, then runs the route.
+    private func admin(_ request: Request, _ context: GatehouseRequestContext, _ handler: Handler) async -> Response {
+        let principal: Principal
+        switch await Self.admin(of: request, store: store) {
+        case .failure(let refusal): return refusal.response
+        case .success(let admin): principal = admin
         }
         let body: JSONBody
         switch await JSONBody.read(request, limit: settings.maximumBodySize) {

@@ -34,6 +34,8 @@ public struct HTTPSettings: Sendable, Equatable {
     public var tokenRequestsPerClient = 20.0
     /// Seconds a service user's password from the subscriptions endpoint stays valid.
     public var serviceUserTokenLifetime: Int64 = 900
+    /// `GET /metrics` asks loopback clients for an admin token too (others always need one).
+    public var metricsRequireToken = false
 
     public init() {}
 }
@@ -50,12 +52,15 @@ public struct HTTPServer: Service {
     let jwksClient: JWKSClient?
     let enrollment: EnrollmentService?
     let readiness: [ReadinessCheck]
+    let metrics: MetricsExposition?
 
     public init(
         listeners: [HTTPListener], oauth: OAuthServer, enrollment: EnrollmentService?, readiness: [ReadinessCheck],
-        settings: HTTPSettings, group: any EventLoopGroup, jwksClient: JWKSClient?, logger: Logger
+        metrics: MetricsExposition? = nil, settings: HTTPSettings, group: any EventLoopGroup,
+        jwksClient: JWKSClient?, logger: Logger
     ) {
         self.readiness = readiness
+        self.metrics = metrics
         self.jwksClient = jwksClient
         self.enrollment = enrollment
         self.listeners = listeners
@@ -67,7 +72,7 @@ public struct HTTPServer: Service {
 
     /// The routes of every listener, as the OpenAPI document must list them.
     static let documentedRoutes =
-        OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths + HealthRoutes.paths
+        OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths + HealthRoutes.paths + MetricsRoutes.paths
 
     public func run() async throws {
         let limiter = TokenRateLimiter(
@@ -80,6 +85,7 @@ public struct HTTPServer: Service {
             AdminRoutes(store: oauth.store, sessions: oauth.sessions, settings: settings, logger: logger).add(
                 to: router)
             HealthRoutes(checks: readiness).add(to: router)
+            if let metrics { MetricsRoutes(exposition: metrics, store: oauth.store).add(to: router) }
             if let enrollment {
                 EnrollmentRoutes(enrollment: enrollment, settings: settings, logger: logger).add(to: router)
             }

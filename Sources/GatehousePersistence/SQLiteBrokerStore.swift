@@ -4,6 +4,7 @@ import GRDB
 public import GatehouseBroker
 public import Logging
 import MQTTCore
+import Metrics
 public import NIOCore
 
 /// The broker's durable state in its own SQLite file (WAL): sessions, subscriptions, messages
@@ -80,6 +81,8 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     private var collectNext: Set<Int64> = []
     /// Changes that reached SQL after coalescing.
     private var writtenChanges = 0
+    /// Coalescing left out, the transaction's time: what each commit cost the writer.
+    private let commitDuration = Metrics.Timer(label: "gatehouse_persistence_commit_seconds")
 
     /// Opens (creating if needed) and migrates the store. A file that is not a Gatehouse store,
     /// is damaged, or was written by a newer schema is refused with its name in the error.
@@ -291,9 +294,11 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
                         let (kept, unheld) = BatchCoalescing.coalesce(changes)
                         writtenChanges += kept.count
                         let collect = collectNext
+                        let started = DispatchTime.now().uptimeNanoseconds
                         collectNext = try database.write { db in
                             try apply(kept, db, collecting: collect).union(unheld.map { Int64($0) })
                         }
+                        commitDuration.recordNanoseconds(DispatchTime.now().uptimeNanoseconds - started)
                     }
                     break
                 } catch {

@@ -146,6 +146,8 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "gatehouse")
+        // Before anything makes a metric: one made earlier stays a no-op for good.
+        let metrics = BrokerMetrics.bootstrap()
         let pidFile = try DataDirectory(path: settings.dataDirectory).writePIDFile()
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
 
@@ -162,6 +164,7 @@ struct Serve: AsyncParsableCommand {
         do {
             let table = try ACLTable.load(file: aclFile)
             logger.info("ACL loaded", metadata: ["file": "\(aclFile)", "rules": "\(table.ruleCount)"])
+            metrics.aclLoaded(rules: table.ruleCount, reload: false)
             authorizer = ACLAuthorizer(table)
         } catch {
             throw ValidationError("the ACL has errors:\n\(error.description)")
@@ -218,7 +221,7 @@ struct Serve: AsyncParsableCommand {
         let notifier = SystemdNotifier()
         let reloader = ReloadOnHangup(signals: hangups, logger: logger) {
             notifier.reloading()
-            reloadACL(aclFile, into: authorizer, broker: broker, logger: logger)
+            reloadACL(aclFile, into: authorizer, broker: broker, metrics: metrics, logger: logger)
             server.reloadTLS()
             notifier.notify("READY=1")
         }
@@ -235,6 +238,9 @@ struct Serve: AsyncParsableCommand {
                             (try? await store.offloaded { [store] in try store.latestChange() }) != nil
                         },
                     ],
+                    metrics: MetricsExposition(tokenRequiredFromLoopback: settings.http.metricsRequireToken) {
+                        metrics.scrape(broker)
+                    },
                     sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
         }
         services.append(ReadinessNotification(notifier: notifier, isReady: { server.isListening }, logger: logger))
@@ -250,7 +256,8 @@ struct Serve: AsyncParsableCommand {
 /// The HTTP side: the OAuth2 server over the identity store, on the broker's event loops.
 private func makeHTTPServer(
     _ settings: ServerConfiguration, listeners: [(host: String, port: Int, tls: TLSSettings?)], store: IdentityStore,
-    enrollment: EnrollmentService?, readiness: [ReadinessCheck], sessions: any SessionControl, logger: Logger
+    enrollment: EnrollmentService?, readiness: [ReadinessCheck], metrics: MetricsExposition,
+    sessions: any SessionControl, logger: Logger
 ) throws -> HTTPServer {
     let enrollmentCA = enrollment == nil ? nil : settings.enrollmentAuthorityFiles.certificate
     let group = MultiThreadedEventLoopGroup.singleton
@@ -272,7 +279,8 @@ private func makeHTTPServer(
     let jwksClient = JWKSClient(trustRoots: trustRoots, group: group)
     let oauth = OAuthServer(store: store, settings: settings.oauth, fetcher: jwksClient, sessions: sessions)
     return HTTPServer(
-        listeners: http, oauth: oauth, enrollment: enrollment, readiness: readiness, settings: settings.http,
+        listeners: http, oauth: oauth, enrollment: enrollment, readiness: readiness, metrics: metrics,
+        settings: settings.http,
         group: group,
         jwksClient: jwksClient, logger: logger)
 }
@@ -294,16 +302,20 @@ private func resolveACLFile(_ settings: ServerConfiguration, logger: Logger) thr
 
 /// SIGHUP: a valid file replaces the table at once for every connection; a file with errors is
 /// refused, each error logged with its place, and the old table stays.
-private func reloadACL(_ file: String, into authorizer: ACLAuthorizer, broker: Broker, logger: Logger) {
+private func reloadACL(
+    _ file: String, into authorizer: ACLAuthorizer, broker: Broker, metrics: BrokerMetrics, logger: Logger
+) {
     do {
         let table = try ACLTable.load(file: file)
         authorizer.replace(with: table)
+        metrics.aclLoaded(rules: table.ruleCount, reload: true)
         let removed = broker.recheckSubscriptions()
         logger.notice(
             "ACL reloaded",
             metadata: ["file": "\(file)", "rules": "\(table.ruleCount)", "subscriptions_removed": "\(removed)"])
     } catch {
         broker.statistics.countACLReloadFailure()
+        metrics.aclReloadFailed()
         for problem in error.errors { logger.error("ACL error: \(problem.description)") }
         logger.error(
             "ACL reload refused; the previous ACL stays in force", metadata: ["errors": "\(error.errors.count)"])

@@ -1,0 +1,100 @@
+import CoreMetrics
+import Foundation
+import GatehouseBroker
+import Metrics
+import Prometheus
+import Synchronization
+
+// swift-metrics' front ends, not Prometheus's own types of the same names.
+private typealias Counter = CoreMetrics.Counter
+private typealias Gauge = CoreMetrics.Gauge
+
+/// The broker's metrics through swift-metrics, with swift-prometheus as the backend: counters
+/// the broker keeps for `$SYS` are carried over at each scrape (by their increase since the
+/// last), gauges are read then, and parts that time themselves (the store's commits) record
+/// directly. Names follow EMQX's (`emqx_messages_received` → `gatehouse_messages_received_total`, with
+/// the `_total` Prometheus asks of counters).
+final class BrokerMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let lastCounts = Mutex<BrokerStatistics.Snapshot?>(nil)
+
+    private let connections = Gauge(label: "gatehouse_connections_count")
+    private let connectedSessions = Gauge(label: "gatehouse_sessions_count", dimensions: [("state", "connected")])
+    private let offlineSessions = Gauge(label: "gatehouse_sessions_count", dimensions: [("state", "offline")])
+    private let subscriptions = Gauge(label: "gatehouse_subscriptions_count")
+    private let retained = Gauge(label: "gatehouse_retained_count")
+    private let residentMemory = Gauge(label: "gatehouse_process_resident_memory_bytes")
+    private let openDescriptors = Gauge(label: "gatehouse_process_open_fds")
+    private let messagesReceived = Counter(label: "gatehouse_messages_received_total")
+    private let messagesSent = Counter(label: "gatehouse_messages_sent_total")
+    private let messagesDropped = Counter(label: "gatehouse_messages_dropped_total")
+    private let bytesReceived = Counter(label: "gatehouse_bytes_received_total")
+    private let bytesSent = Counter(label: "gatehouse_bytes_sent_total")
+    private let authorizationRefused = Counter(label: "gatehouse_authorization_refused_total")
+    private let aclReloadsOK = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "ok")])
+    private let aclReloadsFailed = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "failed")])
+    private let aclRules = Gauge(label: "gatehouse_acl_rules")
+
+    /// The ACL in force now has `rules` rules; `reload` if it replaced another.
+    func aclLoaded(rules: Int, reload: Bool) {
+        aclRules.record(rules)
+        if reload { aclReloadsOK.increment() }
+    }
+
+    func aclReloadFailed() { aclReloadsFailed.increment() }
+
+    /// Makes the Prometheus factory the process's metrics backend; call once, before anything
+    /// creates a metric.
+    static func bootstrap() -> BrokerMetrics {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // Commits take from tens of microseconds to (on a slow disk) seconds.
+        factory.durationHistogramBuckets["gatehouse_persistence_commit_seconds"] = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(100), .seconds(1),
+        ]
+        MetricsSystem.bootstrap(factory)
+        return BrokerMetrics(registry: registry)
+    }
+
+    private init(registry: PrometheusCollectorRegistry) {
+        self.registry = registry
+    }
+
+    /// Brings every metric up to date and renders the registry in the Prometheus text format.
+    func scrape(_ broker: Broker) -> [UInt8] {
+        let counts = broker.statistics.snapshot
+        let previous = lastCounts.withLock { last in
+            defer { last = counts }
+            return last
+        }
+        func carry(_ counter: CoreMetrics.Counter, _ value: KeyPath<BrokerStatistics.Snapshot, Int>) {
+            let increase = counts[keyPath: value] - (previous?[keyPath: value] ?? 0)
+            if increase > 0 { counter.increment(by: increase) }
+        }
+        carry(messagesReceived, \.messagesReceived)
+        carry(messagesSent, \.messagesSent)
+        carry(messagesDropped, \.messagesDropped)
+        carry(bytesReceived, \.bytesReceived)
+        carry(bytesSent, \.bytesSent)
+        carry(authorizationRefused, \.authorizationRejections)
+        connections.record(counts.clientsConnected)
+        let sessions = broker.sessionCounts()
+        connectedSessions.record(sessions.connected)
+        offlineSessions.record(sessions.offline)
+        subscriptions.record(broker.subscriptions.snapshot.count)
+        retained.record(broker.retained.count)
+        if let pages = Self.residentPages() { residentMemory.record(pages * Int(sysconf(Int32(_SC_PAGESIZE)))) }
+        if let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
+            openDescriptors.record(descriptors.count)
+        }
+        return registry.emitToBuffer()
+    }
+
+    /// The second field of /proc/self/statm: resident pages.
+    private static func residentPages() -> Int? {
+        guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
+        let fields = statm.split(separator: " ")
+        return fields.count > 1 ? Int(fields[1]) : nil
+    }
+}

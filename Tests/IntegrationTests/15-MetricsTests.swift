@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+
+/// `GET /metrics` through swift-prometheus, read by Python's prometheus_client parser with
+/// paho-mqtt traffic to check the counters against.
+@Suite("15 metrics", .serialized)
+struct MetricsTests {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("Clients/metrics_check.py").path
+
+    private func startBroker(_ http: String = "") throws -> (BrokerProcess, URL) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let config = directory.appendingPathComponent("gatehouse.yaml")
+        try """
+        listeners:
+          - mqtt://127.0.0.1:0
+          - http://127.0.0.1:0
+        allow_anonymous: true
+        sys_interval: 0
+        \(http)
+        """.write(to: config, atomically: true, encoding: .utf8)
+        return (try BrokerProcess(arguments: ["--config", config.path], listeners: [], listenerCount: 2), directory)
+    }
+
+    private func run(_ mode: String, _ broker: BrokerProcess) async throws {
+        let mqtt = try #require(broker.ports["mqtt"])
+        let http = try #require(broker.ports["http"])
+        let result = try await runTool(
+            "python3", [Self.script, mode, String(http), String(mqtt), broker.dataDirectory.path],
+            timeout: .seconds(60))
+        #expect(result.status == 0 && result.output.contains("done"), "\(result.output)\nbroker log:\n\(broker.log)")
+    }
+
+    @Test("counters, gauges and the commit histogram match the traffic; ACL reloads are counted")
+    func countersMatchTraffic() async throws {
+        let (broker, directory) = try startBroker()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await broker.waitUntilListening()
+        try await run("open", broker)
+
+        kill(broker.process.processIdentifier, SIGHUP)
+        try await broker.waitForLog("ACL reloaded")
+        let http = try #require(broker.ports["http"])
+        let metrics = try await runTool("curl", ["-sS", "http://127.0.0.1:\(http)/metrics"])
+        #expect(metrics.output.contains("gatehouse_acl_reloads_total{result=\"ok\"} 1"), "\(metrics.output)")
+        #expect(try await broker.stop() == 0)
+    }
+
+    @Test("with http.metrics_require_token even loopback needs an admin token (401 and a problem body without)")
+    func tokenRequired() async throws {
+        let (broker, directory) = try startBroker("http:\n  metrics_require_token: true")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await broker.waitUntilListening()
+        try await run("token", broker)
+        #expect(try await broker.stop() == 0)
+    }
+}

@@ -1,0 +1,88 @@
+"""GET /metrics read by prometheus_client's own parser, its counters checked against traffic sent
+by paho-mqtt, and who may read it.
+
+Usage: metrics_check.py open|token HTTP_PORT MQTT_PORT DATA_DIR
+"""
+
+import os
+import sys
+
+import paho.mqtt.client as mqtt
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from flow_support import check, wait
+
+MODE, HTTP, MQTT, DATA_DIR = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+URL = f"http://127.0.0.1:{HTTP}/metrics"
+
+
+def scrape(headers=None):
+    """Every sample as {(name, sorted labels): value}, through the real parser."""
+    response = requests.get(URL, headers=headers, timeout=10)
+    check(response.status_code == 200, "GET /metrics is 200", response.text)
+    check(response.headers["Content-Type"].startswith("text/plain; version=0.0.4"), "Prometheus text format")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def connect(client_id, clean):
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                         protocol=mqtt.MQTTv311)
+    client.connect("127.0.0.1", MQTT)
+    client.loop_start()
+    check(wait(lambda: client.is_connected(), 10), f"{client_id} connected")
+    return client
+
+
+if MODE == "token":
+    refused = requests.get(URL, timeout=10)
+    check(refused.status_code == 401 and refused.headers.get("WWW-Authenticate", "").startswith("Bearer"),
+          "without a token, 401 with a Bearer challenge", refused.text)
+    check(refused.json().get("status") == 401, "an RFC 9457 problem body", refused.text)
+    with open(os.path.join(DATA_DIR, "admin.token")) as file:
+        token = file.read().strip()
+    samples = scrape({"Authorization": f"Bearer {token}"})
+    check(value(samples, "gatehouse_acl_rules") > 0, "with the admin token, the metrics")
+    print("done")
+    sys.exit(0)
+
+before = scrape()
+check(value(before, "gatehouse_process_resident_memory_bytes") > 1_000_000, "resident memory is reported")
+check(value(before, "gatehouse_process_open_fds") > 3, "open file descriptors are reported")
+check(value(before, "gatehouse_acl_rules") > 0, "the loaded ACL's rule count")
+
+received = []
+subscriber = connect("metrics-sub", clean=False)
+subscriber.on_message = lambda client, userdata, message: received.append(message.payload)
+subscriber.subscribe("metrics/#", qos=1)
+publisher = connect("metrics-pub", clean=True)
+for index in range(20):
+    publisher.publish("metrics/t", b"0123456789", qos=1).wait_for_publish(10)
+check(wait(lambda: len(received) == 20, 10), "the subscriber got 20 messages")
+
+during = scrape()
+check(value(during, "gatehouse_connections_count") == 2, "2 connections", value(during, "gatehouse_connections_count"))
+check(value(during, "gatehouse_sessions_count", state="connected") == 2, "2 connected sessions")
+check(value(during, "gatehouse_subscriptions_count") == 1, "1 subscription")
+for name, expected in [("gatehouse_messages_received_total", 20), ("gatehouse_messages_sent_total", 20),
+                       ("gatehouse_bytes_received_total", 200), ("gatehouse_bytes_sent_total", 200)]:
+    increase = value(during, name) - value(before, name)
+    check(increase == expected, f"{name} rose by {expected}", increase)
+check(value(during, "gatehouse_persistence_commit_seconds_count") > 0, "commits are timed in a histogram")
+check(value(during, "gatehouse_persistence_commit_seconds_bucket", le="+Inf")
+      == value(during, "gatehouse_persistence_commit_seconds_count"), "the histogram's +Inf bucket holds every commit")
+
+subscriber.disconnect()
+subscriber.loop_stop()
+check(wait(lambda: value(scrape(), "gatehouse_sessions_count", state="offline") == 1, 5),
+      "the persistent subscriber's session counts as offline")
+publisher.disconnect()
+print("done")
