@@ -30,6 +30,9 @@ public struct BrokerConfiguration: Sendable {
     /// What stored deliveries may hold in total (payload and topic, per session); past it, new
     /// deliveries to persistent sessions are dropped and counted. 0 for no limit.
     public var maximumStoredBytes = 1 << 30
+    /// Connected clients at most, in all and per identity; 0 for no limit.
+    public var maximumConnections = 0
+    public var maximumConnectionsPerIdentity = 0
 
     public init() {}
 }
@@ -52,6 +55,7 @@ public final class Broker: Sendable {
     let storage: SessionStorage?
     let router: Router
     let registry: SessionRegistry
+    let admission: ConnectionAdmission
     let wills: WillScheduler
     let logger: Logger
 
@@ -87,6 +91,9 @@ public final class Broker: Sendable {
             wills.publishPending(of: session)
         }
         self.logger = logger
+        self.admission = ConnectionAdmission(
+            maximumConnections: configuration.maximumConnections,
+            maximumPerIdentity: configuration.maximumConnectionsPerIdentity)
     }
 
     public func session(clientID: String) -> Session? {

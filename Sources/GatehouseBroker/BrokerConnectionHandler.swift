@@ -388,6 +388,19 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             sendAndClose(connection.authenticationRefused())
             return
         }
+        let replacing = broker.session(clientID: request.clientID).map {
+            $0.isConnected && $0.principal.identityID == principal.identityID
+        }
+        if let refusal = broker.admission.admit(identity: principal.identityID, replacing: replacing ?? false) {
+            let counter =
+                refusal == .maximumConnections
+                ? broker.statistics.refusedOverConnectionLimit : broker.statistics.refusedOverIdentityLimit
+            broker.statistics.add(counter, 1)
+            logger.notice(
+                "CONNECT refused: \(refusal.rawValue) reached", metadata: ["identity": "\(principal.identityID)"])
+            sendAndClose(connection.quotaRefused())
+            return
+        }
         let opened: Broker.OpenedSession
         do {
             opened = try broker.openSession(
@@ -399,6 +412,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 connection: self
             )
         } catch {
+            broker.admission.release(identity: principal.identityID)
             logger.notice(
                 "CONNECT refused: the session belongs to another identity",
                 metadata: ["identity": "\(principal.identityID)"])
@@ -727,6 +741,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private func connectionEnded() {
         guard connection.end(), let attached else { return }
         broker.statistics.add(broker.statistics.clientsConnected, -1)
+        broker.admission.release(identity: attached.principal.identityID)
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
         deliveries.wakeAll()
         tally.flush(into: broker.statistics)

@@ -14,6 +14,8 @@ public final class BrokerStatistics: Sendable {
     let bytesSent = ManagedAtomic<Int>(0)
     let authorizationRejections = ManagedAtomic<Int>(0)
     let aclReloadFailures = ManagedAtomic<Int>(0)
+    let refusedOverConnectionLimit = ManagedAtomic<Int>(0)
+    let refusedOverIdentityLimit = ManagedAtomic<Int>(0)
 
     public init() {}
 
@@ -28,6 +30,9 @@ public final class BrokerStatistics: Sendable {
         public var authorizationRejections: Int
         /// ACL reloads refused because the file had errors.
         public var aclReloadFailures: Int
+        /// CONNECTs refused by `maximumConnections` and by `maximumConnectionsPerIdentity`.
+        public var refusedOverConnectionLimit: Int
+        public var refusedOverIdentityLimit: Int
     }
 
     public var snapshot: Snapshot {
@@ -39,7 +44,9 @@ public final class BrokerStatistics: Sendable {
             bytesReceived: bytesReceived.load(ordering: .relaxed),
             bytesSent: bytesSent.load(ordering: .relaxed),
             authorizationRejections: authorizationRejections.load(ordering: .relaxed),
-            aclReloadFailures: aclReloadFailures.load(ordering: .relaxed)
+            aclReloadFailures: aclReloadFailures.load(ordering: .relaxed),
+            refusedOverConnectionLimit: refusedOverConnectionLimit.load(ordering: .relaxed),
+            refusedOverIdentityLimit: refusedOverIdentityLimit.load(ordering: .relaxed)
         )
     }
 

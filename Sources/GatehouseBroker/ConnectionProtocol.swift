@@ -257,6 +257,9 @@ struct ConnectionProtocol {
     /// The client identifier's session belongs to another identity.
     mutating func sessionRefused() -> MQTTPacket { refusal(.notAuthorized) }
 
+    /// A connection limit is full. [CONNACK 0x97; 3.1.1 return code 3]
+    mutating func quotaRefused() -> MQTTPacket { refusal(.quotaExceeded) }
+
     /// The CONNECT is accepted and its session opened (`sessionPresent`: it existed before).
     mutating func accepted(sessionPresent: Bool, authenticationData: [UInt8]? = nil) -> Accepted {
         guard phase == .authenticating, let request else {

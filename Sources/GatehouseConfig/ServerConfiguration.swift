@@ -102,6 +102,9 @@ public struct ServerConfiguration: Sendable, Equatable {
         public var maxSubscriptionsPerClient = 10_000
         /// Seconds; 0 means no maximum.
         public var maxKeepAlive = 0
+        /// Connected clients at most, in all and per identity; 0 means no limit.
+        public var maxConnections = 0
+        public var maxConnectionsPerIdentity = 0
 
         public init() {}
     }
@@ -243,6 +246,8 @@ public struct ServerConfiguration: Sendable, Equatable {
         configuration.maximumTopicLevels = limits.maxTopicLevels
         configuration.maximumSubscriptionsPerClient = limits.maxSubscriptionsPerClient
         configuration.maximumKeepAlive = UInt16(limits.maxKeepAlive)
+        configuration.maximumConnections = limits.maxConnections
+        configuration.maximumConnectionsPerIdentity = limits.maxConnectionsPerIdentity
         configuration.disconnectOnRefusedPublish = refusedPublish == "disconnect"
         configuration.maximumStoredBytes = persistence.maximumStoredBytes
         return configuration
@@ -291,6 +296,7 @@ extension ServerConfiguration {
     private static let limitKeys = [
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
         "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
+        "max_connections", "max_connections_per_identity",
     ]
 
     /// Reads a YAML configuration. Unknown keys, wrong types and out-of-range values are
@@ -512,6 +518,9 @@ extension ServerConfiguration.Limits {
         case "topic_alias_maximum": topicAliasMaximum = try reader.int(node, name, in: 0...65_535)
         case "max_topic_levels": maxTopicLevels = try reader.int(node, name, in: 1...65_535)
         case "max_keep_alive": maxKeepAlive = try reader.int(node, name, in: 0...65_535)
+        case "max_connections": maxConnections = try reader.int(node, name, in: 0...10_000_000)
+        case "max_connections_per_identity":
+            maxConnectionsPerIdentity = try reader.int(node, name, in: 0...10_000_000)
         default: maxSubscriptionsPerClient = try reader.int(node, name, in: 1...10_000_000)
         }
     }

@@ -31,6 +31,10 @@ final class BrokerMetrics: Sendable {
     private let bytesReceived = Counter(label: "gatehouse_bytes_received_total")
     private let bytesSent = Counter(label: "gatehouse_bytes_sent_total")
     private let authorizationRefused = Counter(label: "gatehouse_authorization_refused_total")
+    private let refusedOverConnectionLimit = Counter(
+        label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections")])
+    private let refusedOverIdentityLimit = Counter(
+        label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections_per_identity")])
     private let aclReloadsOK = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "ok")])
     private let aclReloadsFailed = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "failed")])
     private let aclRules = Gauge(label: "gatehouse_acl_rules")
@@ -78,6 +82,8 @@ final class BrokerMetrics: Sendable {
         carry(bytesReceived, \.bytesReceived)
         carry(bytesSent, \.bytesSent)
         carry(authorizationRefused, \.authorizationRejections)
+        carry(refusedOverConnectionLimit, \.refusedOverConnectionLimit)
+        carry(refusedOverIdentityLimit, \.refusedOverIdentityLimit)
         connections.record(counts.clientsConnected)
         let sessions = broker.sessionCounts()
         connectedSessions.record(sessions.connected)

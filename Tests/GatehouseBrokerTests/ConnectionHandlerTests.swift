@@ -176,6 +176,39 @@ struct ConnectionHandlerTests {
         guard case .publish = try await watcher.receive() else { throw TestFailure("expected the Will after 0x04") }
     }
 
+    @Test("max connections per identity: another client id is refused 0x97; a takeover and other identities are not")
+    func connectionsPerIdentity() async throws {
+        let broker = makeBroker { $0.maximumConnectionsPerIdentity = 1 }
+        let first = try await TestConnection(broker: broker)
+        #expect(try await first.connect(clientID: "a1").reasonCode == .success)
+        let second = try await TestConnection(broker: broker)
+        #expect(try await second.connect(clientID: "a2").reasonCode == .quotaExceeded)
+        try await second.waitUntilClosed()
+        let otherIdentity = try await TestConnection(broker: broker)
+        #expect(try await otherIdentity.connect(clientID: "u1", password: "secret").reasonCode == .success)
+        let takeover = try await TestConnection(broker: broker)
+        #expect(try await takeover.connect(clientID: "a1").reasonCode == .success)
+        #expect(try await first.receive() == .disconnect(.init(reasonCode: .sessionTakenOver)))
+    }
+
+    @Test("max connections: the next CONNECT is refused (5.0 0x97, 3.1.1 code 3) until a client leaves")
+    func connectionLimit() async throws {
+        let broker = makeBroker { $0.maximumConnections = 2 }
+        let first = try await TestConnection(broker: broker)
+        try await first.connect(clientID: "c1")
+        let second = try await TestConnection(broker: broker)
+        try await second.connect(clientID: "c2", password: "secret")
+        let refused = try await TestConnection(broker: broker)
+        #expect(try await refused.connect(clientID: "c3").reasonCode == .quotaExceeded)
+        let refused311 = try await TestConnection(broker: broker, version: .v311)
+        #expect(try await refused311.connect(clientID: "c4").reasonCode == .serverUnavailable)
+        #expect(broker.statistics.snapshot.refusedOverConnectionLimit == 2)
+        try await second.send(.disconnect(.init()))
+        try await second.waitUntilClosed()
+        let afterwards = try await TestConnection(broker: broker)
+        #expect(try await afterwards.connect(clientID: "c3").reasonCode == .success)
+    }
+
     @Test("a second connection with the same client id takes over: the first gets DISCONNECT 0x8E")
     func takeover() async throws {
         let broker = makeBroker()

@@ -187,6 +187,8 @@ struct ServerConfigurationTests {
             file, file: "g.yaml",
             environment: [
                 "GATEHOUSE_LIMITS__MAX_PACKET_SIZE": "65536",
+                "GATEHOUSE_LIMITS__MAX_CONNECTIONS_PER_IDENTITY": "4",
+                "GATEHOUSE_HTTP__METRICS_REQUIRE_TOKEN": "true",
                 "GATEHOUSE_DATA_DIR": "/var/lib/gatehouse",
                 "GATEHOUSE_AUTHENTICATION__METHODS": "[token, password]",
                 "GATEHOUSE_PERSISTENCE__DURABILITY": "full",
@@ -196,6 +198,8 @@ struct ServerConfigurationTests {
             ])
         #expect(settings.limits.maxPacketSize == 65_536)
         #expect(settings.limits.maxQueuedMessages == 50)
+        #expect(settings.brokerConfiguration.maximumConnectionsPerIdentity == 4)
+        #expect(settings.http.metricsRequireToken)
         #expect(settings.logLevel == "debug")
         #expect(settings.dataDirectory == "/var/lib/gatehouse")
         #expect(settings.authentication.methods == ["token", "password"])

@@ -8,7 +8,7 @@ struct MetricsTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("Clients/metrics_check.py").path
 
-    private func startBroker(_ http: String = "") throws -> (BrokerProcess, URL) {
+    private func startBroker(_ http: String = "", environment: [String: String] = [:]) throws -> (BrokerProcess, URL) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = directory.appendingPathComponent("gatehouse.yaml")
@@ -20,7 +20,11 @@ struct MetricsTests {
         sys_interval: 0
         \(http)
         """.write(to: config, atomically: true, encoding: .utf8)
-        return (try BrokerProcess(arguments: ["--config", config.path], listeners: [], listenerCount: 2), directory)
+        return (
+            try BrokerProcess(
+                arguments: ["--config", config.path], listeners: [], listenerCount: 2, environment: environment),
+            directory
+        )
     }
 
     private func run(_ mode: String, _ broker: BrokerProcess) async throws {
@@ -44,6 +48,25 @@ struct MetricsTests {
         let http = try #require(broker.ports["http"])
         let metrics = try await runTool("curl", ["-sS", "http://127.0.0.1:\(http)/metrics"])
         #expect(metrics.output.contains("gatehouse_acl_reloads_total{result=\"ok\"} 1"), "\(metrics.output)")
+        #expect(try await broker.stop() == 0)
+    }
+
+    @Test("limits.max_connections: mosquitto_pub is refused with Quota exceeded while mosquitto_sub holds the slot")
+    func connectionLimitRefusal() async throws {
+        let (broker, directory) = try startBroker(environment: ["GATEHOUSE_LIMITS__MAX_CONNECTIONS": "1"])
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await broker.waitUntilListening()
+        let port = String(try #require(broker.ports["mqtt"]))
+        let holder = try RunningTool("mosquitto_sub", ["-p", port, "-V", "mqttv5", "-t", "held", "-d"])
+        try await holder.waitForOutput("received SUBACK")
+        let refused = try await runTool("mosquitto_pub", ["-p", port, "-V", "mqttv5", "-t", "a", "-m", "b"])
+        #expect(refused.status != 0 && refused.output.contains("Quota exceeded"), "\(refused.output)")
+        let http = try #require(broker.ports["http"])
+        let metrics = try await runTool("curl", ["-sS", "http://127.0.0.1:\(http)/metrics"])
+        #expect(
+            metrics.output.contains("gatehouse_connections_refused_total{reason=\"max_connections\"} 1"),
+            "\(metrics.output)")
+        holder.kill(SIGKILL)
         #expect(try await broker.stop() == 0)
     }
 
