@@ -434,6 +434,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 WillMessage(will, publisherClientID: request.clientID), delay: will.properties.willDelayInterval ?? 0)
         }
         broker.statistics.add(broker.statistics.clientsConnected, 1)
+        context?.triggerUserOutboundEvent(MQTTConnectAccepted(), promise: nil)
         send(accepted.connack)
         if accepted.keepAlive > 0 {
             // The client has one and a half keep-alive periods to send anything. [MQTT-3.1.2-24]

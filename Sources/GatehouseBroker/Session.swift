@@ -22,6 +22,12 @@ extension SessionConnection {
     public func deliveryReceiptsFulfilled() {}
 }
 
+/// Sent toward the head of the pipeline once CONNECT is accepted: the transport stops counting
+/// the connection as pending (`PendingConnects`).
+public struct MQTTConnectAccepted: Sendable {
+    public init() {}
+}
+
 /// A message waiting for its turn in the in-flight window.
 struct QueuedMessage: Sendable {
     var message: RoutedMessage

@@ -105,6 +105,8 @@ public struct ServerConfiguration: Sendable, Equatable {
         /// Connected clients at most, in all and per identity; 0 means no limit.
         public var maxConnections = 0
         public var maxConnectionsPerIdentity = 0
+        /// Accepted connections that have not finished CONNECT; past it the oldest is closed.
+        public var maxPendingConnects = 5_000
 
         public init() {}
     }
@@ -296,7 +298,7 @@ extension ServerConfiguration {
     private static let limitKeys = [
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
         "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
-        "max_connections", "max_connections_per_identity",
+        "max_connections", "max_connections_per_identity", "max_pending_connects",
     ]
 
     /// Reads a YAML configuration. Unknown keys, wrong types and out-of-range values are
@@ -521,6 +523,7 @@ extension ServerConfiguration.Limits {
         case "max_connections": maxConnections = try reader.int(node, name, in: 0...10_000_000)
         case "max_connections_per_identity":
             maxConnectionsPerIdentity = try reader.int(node, name, in: 0...10_000_000)
+        case "max_pending_connects": maxPendingConnects = try reader.int(node, name, in: 0...10_000_000)
         default: maxSubscriptionsPerClient = try reader.int(node, name, in: 1...10_000_000)
         }
     }

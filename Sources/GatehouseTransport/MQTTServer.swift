@@ -41,6 +41,8 @@ public final class MQTTServer: Service {
     private let broker: Broker
     /// Accepted connections, so that shutdown can wait for their DISCONNECTs to be written.
     private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    /// Accepted connections that have not finished CONNECT, on every listener together.
+    public let pendingConnects: PendingConnects
     private let group: any EventLoopGroup
     private let logger: Logger
     /// True while every listener is bound and accepting: what readiness reports.
@@ -57,6 +59,7 @@ public final class MQTTServer: Service {
         self.broker = broker
         self.group = group
         self.logger = logger
+        self.pendingConnects = PendingConnects(limit: configuration.limits.maximumPendingConnects)
         var contexts: [TLSContextHolder?] = []
         for listener in configuration.listeners {
             guard let settings = listener.tls else {
@@ -152,6 +155,7 @@ public final class MQTTServer: Service {
         let logger = listenerLogger
         let broker = self.broker
         let openConnections = self.openConnections
+        let pendingConnects = self.pendingConnects
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -164,8 +168,14 @@ public final class MQTTServer: Service {
             .childChannelInitializer { channel in
                 let key = ObjectIdentifier(channel)
                 openConnections.withLockedValue { $0[key] = channel }
-                channel.closeFuture.whenComplete { _ in openConnections.withLockedValue { $0[key] = nil } }
+                let pendingID = pendingConnects.accepted(channel)
+                channel.closeFuture.whenComplete { _ in
+                    openConnections.withLockedValue { $0[key] = nil }
+                    pendingConnects.finished(pendingID)
+                }
                 return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        PendingConnectHandler(pending: pendingConnects, id: pendingID))
                     try channel.pipeline.syncOperations.configureListenerPipeline(
                         channel: channel, listener: listener, tls: tls?.context, broker: broker, limits: limits,
                         logger: logger)

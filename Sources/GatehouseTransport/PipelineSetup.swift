@@ -15,10 +15,16 @@ public struct MQTTConnectionLimits: Sendable {
     /// Time a new connection has to send CONNECT (and, before that, to finish its TLS
     /// handshake or WebSocket upgrade).
     public var connectTimeout: TimeAmount
+    /// Connections without a finished CONNECT at most; past it the oldest is closed. 0: no limit.
+    public var maximumPendingConnects: Int
 
-    public init(maximumPacketSize: Int = 1_048_576, connectTimeout: TimeAmount = .seconds(10)) {
+    public init(
+        maximumPacketSize: Int = 1_048_576, connectTimeout: TimeAmount = .seconds(10),
+        maximumPendingConnects: Int = 0
+    ) {
         self.maximumPacketSize = maximumPacketSize
         self.connectTimeout = connectTimeout
+        self.maximumPendingConnects = maximumPendingConnects
     }
 
     /// These limits with the connect timeout cut to what is left before `deadline`: the TLS

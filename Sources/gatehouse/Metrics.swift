@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import GatehouseBroker
+import GatehouseTransport
 import Metrics
 import Prometheus
 import Synchronization
@@ -16,7 +17,7 @@ private typealias Gauge = CoreMetrics.Gauge
 /// the `_total` Prometheus asks of counters).
 final class BrokerMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
-    private let lastCounts = Mutex<BrokerStatistics.Snapshot?>(nil)
+    private let lastCounts = Mutex<(counts: BrokerStatistics.Snapshot, closedAtLimit: Int)?>(nil)
 
     private let connections = Gauge(label: "gatehouse_connections_count")
     private let connectedSessions = Gauge(label: "gatehouse_sessions_count", dimensions: [("state", "connected")])
@@ -33,6 +34,9 @@ final class BrokerMetrics: Sendable {
     private let authorizationRefused = Counter(label: "gatehouse_authorization_refused_total")
     private let refusedOverConnectionLimit = Counter(
         label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections")])
+    private let closedAtPendingLimit = Counter(
+        label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_pending_connects")])
+    private let pendingConnections = Gauge(label: "gatehouse_pending_connects_count")
     private let refusedOverIdentityLimit = Counter(
         label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections_per_identity")])
     private let aclReloadsOK = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "ok")])
@@ -66,12 +70,15 @@ final class BrokerMetrics: Sendable {
     }
 
     /// Brings every metric up to date and renders the registry in the Prometheus text format.
-    func scrape(_ broker: Broker) -> [UInt8] {
+    func scrape(_ broker: Broker, pendingConnects: PendingConnects) -> [UInt8] {
         let counts = broker.statistics.snapshot
-        let previous = lastCounts.withLock { last in
-            defer { last = counts }
-            return last
+        let closedAtLimit = pendingConnects.closedAtLimit
+        let (previous, previousClosed) = lastCounts.withLock { last in
+            defer { last = (counts, closedAtLimit) }
+            return (last?.counts, last?.closedAtLimit ?? 0)
         }
+        if closedAtLimit > previousClosed { closedAtPendingLimit.increment(by: closedAtLimit - previousClosed) }
+        pendingConnections.record(pendingConnects.count)
         func carry(_ counter: CoreMetrics.Counter, _ value: KeyPath<BrokerStatistics.Snapshot, Int>) {
             let increase = counts[keyPath: value] - (previous?[keyPath: value] ?? 0)
             if increase > 0 { counter.increment(by: increase) }

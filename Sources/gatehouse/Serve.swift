@@ -148,6 +148,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "gatehouse")
         // Before anything makes a metric: one made earlier stays a no-op for good.
         let metrics = BrokerMetrics.bootstrap()
+        raiseDescriptorLimit(logger: logger)
         let pidFile = try DataDirectory(path: settings.dataDirectory).writePIDFile()
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
 
@@ -198,7 +199,8 @@ struct Serve: AsyncParsableCommand {
                     listeners: listeners,
                     limits: MQTTConnectionLimits(
                         maximumPacketSize: settings.limits.maxPacketSize,
-                        connectTimeout: .seconds(Int64(settings.limits.connectTimeout))
+                        connectTimeout: .seconds(Int64(settings.limits.connectTimeout)),
+                        maximumPendingConnects: settings.limits.maxPendingConnects
                     ),
                     liveRevocations: enrollment.map {
                         EnrolledCertificateRevocations(store: store, authority: $0.authority)
@@ -239,7 +241,7 @@ struct Serve: AsyncParsableCommand {
                         },
                     ],
                     metrics: MetricsExposition(tokenRequiredFromLoopback: settings.http.metricsRequireToken) {
-                        metrics.scrape(broker)
+                        metrics.scrape(broker, pendingConnects: server.pendingConnects)
                     },
                     sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
         }
@@ -396,6 +398,20 @@ struct DataDirectory {
 
 enum Switch: String, CaseIterable, ExpressibleByArgument {
     case on, off
+}
+
+/// Each connection is a descriptor: the soft limit (often 1,024) goes up to the hard one, so
+/// that the operator need not raise it for a fleet.
+private func raiseDescriptorLimit(logger: Logger) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    let before = limit.rlim_cur
+    limit.rlim_cur = limit.rlim_max
+    if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 {
+        logger.info("raised the open-file limit", metadata: ["from": "\(before)", "to": "\(limit.rlim_max)"])
+    } else {
+        logger.warning("could not raise the open-file limit", metadata: ["limit": "\(before)"])
+    }
 }
 
 /// The swift-log levels, as a command-line value.

@@ -1,11 +1,12 @@
 import GatehouseAuth
 import GatehouseBroker
-import GatehouseTransport
 import Logging
 import MQTTCore
 import NIOCore
 import NIOEmbedded
 import Testing
+
+@testable import GatehouseTransport
 
 /// The server pipeline as built by `configureMQTTServerPipeline`, driven through NIO's
 /// thread-safe testing channel (authentication completes off the event loop).
@@ -165,5 +166,25 @@ struct ConnectBudgetTests {
         #expect(channel.isActive)  // 9 s after accept
         channel.embeddedEventLoop.advanceTime(by: .seconds(2))
         #expect(!channel.isActive)  // 11 s: no CONNECT within the 10 s from accept
+    }
+}
+
+@Suite("pending connects")
+struct PendingConnectsTests {
+    @Test("past the limit the oldest connection still without CONNECT is closed; finished ones are not counted")
+    func oldestClosed() throws {
+        let pending = PendingConnects(limit: 2)
+        let channels = (0..<4).map { _ in EmbeddedChannel() }
+        for channel in channels { try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait() }
+        let first = pending.accepted(channels[0])
+        let second = pending.accepted(channels[1])
+        pending.finished(first)  // its CONNECT was accepted
+        _ = pending.accepted(channels[2])
+        #expect(channels.allSatisfy(\.isActive) && pending.count == 2)
+        _ = pending.accepted(channels[3])
+        #expect(!channels[1].isActive && channels[0].isActive && channels[2].isActive && channels[3].isActive)
+        #expect(pending.closedAtLimit == 1 && pending.count == 2)
+        pending.finished(second)  // closing reports it again: no harm
+        #expect(pending.count == 2)
     }
 }

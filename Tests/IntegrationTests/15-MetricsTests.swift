@@ -70,6 +70,22 @@ struct MetricsTests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test("10,000 silent sockets: a real client still connects within 1 s; the oldest past the limit are closed")
+    func silentSockets() async throws {
+        let (broker, directory) = try startBroker(environment: ["GATEHOUSE_LIMITS__MAX_PENDING_CONNECTS": "2000"])
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await broker.waitUntilListening()
+        let script = URL(fileURLWithPath: Self.script).deletingLastPathComponent()
+            .appendingPathComponent("silent_sockets.py").path
+        let port = String(try #require(broker.ports["mqtt"]))
+        let result = try await runTool("python3", [script, port, "10000", "2000"], timeout: .seconds(120))
+        #expect(result.status == 0 && result.output.contains("done"), "\(result.output)")
+        let http = try #require(broker.ports["http"])
+        let metrics = try await runTool("curl", ["-sS", "http://127.0.0.1:\(http)/metrics"])
+        #expect(metrics.output.contains("gatehouse_connections_refused_total{reason=\"max_pending_connects\"}"))
+        #expect(try await broker.stop() == 0)
+    }
+
     @Test("with http.metrics_require_token even loopback needs an admin token (401 and a problem body without)")
     func tokenRequired() async throws {
         let (broker, directory) = try startBroker("http:\n  metrics_require_token: true")
