@@ -33,6 +33,10 @@ public struct BrokerConfiguration: Sendable {
     /// Connected clients at most, in all and per identity; 0 for no limit.
     public var maximumConnections = 0
     public var maximumConnectionsPerIdentity = 0
+    /// PUBLISH packets and payload bytes a second one client may send (bursts up to one
+    /// second's worth); past it, DISCONNECT 0x96 Message rate too high. 0 for no limit.
+    public var maximumPublishRate = 0
+    public var maximumPublishBytesRate = 0
 
     public init() {}
 }

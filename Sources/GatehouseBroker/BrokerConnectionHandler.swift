@@ -74,6 +74,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var lastPacketAt = NIODeadline.uptimeNanoseconds(0)
     /// This connection's publish decisions (its principal is fixed once connected).
     private var publishDecisions = DecisionCache()
+    private var publishRate: PublishRateLimit?
     private var logger: ConnectionLogger
     private let broker: Broker
     private let connectTimeout: TimeAmount
@@ -424,6 +425,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             previous.disconnect(reason: .sessionTakenOver)
         }
         attached = Attachment(session: opened.session, principal: principal)
+        publishRate = PublishRateLimit(
+            messagesPerSecond: broker.configuration.maximumPublishRate,
+            bytesPerSecond: broker.configuration.maximumPublishBytesRate, now: eventLoop.now)
         let accepted = connection.accepted(
             sessionPresent: opened.sessionPresent, authenticationData: authenticationData)
         // The store keeps this connection's Will (and forgets a previous connection's), so that a
@@ -506,6 +510,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard let attached else { return }
         tally.messagesReceived += 1
         tally.bytesReceived += publish.payload.readableBytes
+        if publishRate?.admit(size: publish.payload.readableBytes, now: eventLoop.now) == false {
+            broker.statistics.add(broker.statistics.disconnectedOverPublishRate, 1)
+            logger.notice("publish rate limit exceeded")
+            close(sendingDisconnect: .messageRateTooHigh)
+            return
+        }
         let session = attached.session
         var isRepeat = false
         var durable = false

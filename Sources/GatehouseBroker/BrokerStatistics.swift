@@ -16,6 +16,7 @@ public final class BrokerStatistics: Sendable {
     let aclReloadFailures = ManagedAtomic<Int>(0)
     let refusedOverConnectionLimit = ManagedAtomic<Int>(0)
     let refusedOverIdentityLimit = ManagedAtomic<Int>(0)
+    let disconnectedOverPublishRate = ManagedAtomic<Int>(0)
 
     public init() {}
 
@@ -33,6 +34,8 @@ public final class BrokerStatistics: Sendable {
         /// CONNECTs refused by `maximumConnections` and by `maximumConnectionsPerIdentity`.
         public var refusedOverConnectionLimit: Int
         public var refusedOverIdentityLimit: Int
+        /// Connections ended for publishing faster than `maximumPublishRate` or `maximumPublishBytesRate`.
+        public var disconnectedOverPublishRate: Int
     }
 
     public var snapshot: Snapshot {
@@ -46,7 +49,8 @@ public final class BrokerStatistics: Sendable {
             authorizationRejections: authorizationRejections.load(ordering: .relaxed),
             aclReloadFailures: aclReloadFailures.load(ordering: .relaxed),
             refusedOverConnectionLimit: refusedOverConnectionLimit.load(ordering: .relaxed),
-            refusedOverIdentityLimit: refusedOverIdentityLimit.load(ordering: .relaxed)
+            refusedOverIdentityLimit: refusedOverIdentityLimit.load(ordering: .relaxed),
+            disconnectedOverPublishRate: disconnectedOverPublishRate.load(ordering: .relaxed)
         )
     }
 

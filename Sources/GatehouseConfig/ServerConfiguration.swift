@@ -107,6 +107,9 @@ public struct ServerConfiguration: Sendable, Equatable {
         public var maxConnectionsPerIdentity = 0
         /// Accepted connections that have not finished CONNECT; past it the oldest is closed.
         public var maxPendingConnects = 5_000
+        /// PUBLISH packets and payload bytes per second one client may send; 0 means no limit.
+        public var maxPublishRate = 0
+        public var maxPublishBytesRate = 0
 
         public init() {}
     }
@@ -250,6 +253,8 @@ public struct ServerConfiguration: Sendable, Equatable {
         configuration.maximumKeepAlive = UInt16(limits.maxKeepAlive)
         configuration.maximumConnections = limits.maxConnections
         configuration.maximumConnectionsPerIdentity = limits.maxConnectionsPerIdentity
+        configuration.maximumPublishRate = limits.maxPublishRate
+        configuration.maximumPublishBytesRate = limits.maxPublishBytesRate
         configuration.disconnectOnRefusedPublish = refusedPublish == "disconnect"
         configuration.maximumStoredBytes = persistence.maximumStoredBytes
         return configuration
@@ -298,7 +303,8 @@ extension ServerConfiguration {
     private static let limitKeys = [
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
         "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
-        "max_connections", "max_connections_per_identity", "max_pending_connects",
+        "max_connections", "max_connections_per_identity", "max_pending_connects", "max_publish_rate",
+        "max_publish_bytes_rate",
     ]
 
     /// Reads a YAML configuration. Unknown keys, wrong types and out-of-range values are
@@ -524,6 +530,8 @@ extension ServerConfiguration.Limits {
         case "max_connections_per_identity":
             maxConnectionsPerIdentity = try reader.int(node, name, in: 0...10_000_000)
         case "max_pending_connects": maxPendingConnects = try reader.int(node, name, in: 0...10_000_000)
+        case "max_publish_rate": maxPublishRate = try reader.int(node, name, in: 0...10_000_000)
+        case "max_publish_bytes_rate": maxPublishBytesRate = try reader.int(node, name, in: 0...1_000_000_000)
         default: maxSubscriptionsPerClient = try reader.int(node, name, in: 1...10_000_000)
         }
     }

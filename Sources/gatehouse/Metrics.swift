@@ -37,6 +37,8 @@ final class BrokerMetrics: Sendable {
     private let closedAtPendingLimit = Counter(
         label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_pending_connects")])
     private let pendingConnections = Gauge(label: "gatehouse_pending_connects_count")
+    private let disconnectedOverPublishRate = Counter(
+        label: "gatehouse_disconnects_total", dimensions: [("reason", "message_rate_too_high")])
     private let refusedOverIdentityLimit = Counter(
         label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections_per_identity")])
     private let aclReloadsOK = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "ok")])
@@ -91,6 +93,7 @@ final class BrokerMetrics: Sendable {
         carry(authorizationRefused, \.authorizationRejections)
         carry(refusedOverConnectionLimit, \.refusedOverConnectionLimit)
         carry(refusedOverIdentityLimit, \.refusedOverIdentityLimit)
+        carry(disconnectedOverPublishRate, \.disconnectedOverPublishRate)
         connections.record(counts.clientsConnected)
         let sessions = broker.sessionCounts()
         connectedSessions.record(sessions.connected)

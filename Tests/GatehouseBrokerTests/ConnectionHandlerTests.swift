@@ -191,6 +191,20 @@ struct ConnectionHandlerTests {
         #expect(try await first.receive() == .disconnect(.init(reasonCode: .sessionTakenOver)))
     }
 
+    @Test("a client publishing past max_publish_rate gets DISCONNECT 0x96 Message rate too high")
+    func publishRateLimit() async throws {
+        let broker = makeBroker { $0.maximumPublishRate = 5 }
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "fast")
+        // The bucket holds one second's worth; the testing loop's clock stands still.
+        for _ in 0..<5 { try await client.send(.publish(.init(topicName: "t", payload: ByteBuffer(string: "x")))) }
+        try await client.expectSilence()
+        try await client.send(.publish(.init(topicName: "t", payload: ByteBuffer(string: "x"))))
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .messageRateTooHigh)))
+        try await client.waitUntilClosed()
+        #expect(broker.statistics.snapshot.disconnectedOverPublishRate == 1)
+    }
+
     @Test("max connections: the next CONNECT is refused (5.0 0x97, 3.1.1 code 3) until a client leaves")
     func connectionLimit() async throws {
         let broker = makeBroker { $0.maximumConnections = 2 }

@@ -162,3 +162,23 @@ struct SessionReloadTests {
         #expect(session.queuedCount == 2)
     }
 }
+
+@Suite("publish rate limit")
+struct PublishRateLimitTests {
+    @Test("messages and bytes: a second's worth at once, then the rate as time passes")
+    func buckets() throws {
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var limit = try #require(PublishRateLimit(messagesPerSecond: 10, bytesPerSecond: 1_000, now: start))
+        /// How many of `count` messages of `size` bytes at `now` are admitted.
+        func admitted(_ count: Int, size: Int = 10, at now: NIODeadline) -> Int {
+            (0..<count).reduce(0) { total, _ in total + (limit.admit(size: size, now: now) ? 1 : 0) }
+        }
+        #expect(admitted(11, at: start) == 10)
+        #expect(admitted(6, at: start + .milliseconds(500)) == 5)
+        // 1,000 bytes a second: one large message drains the byte bucket alone.
+        let later = start + .seconds(3)
+        #expect(admitted(1, size: 1_000, at: later) == 1)
+        #expect(admitted(1, size: 1, at: later) == 0)
+        #expect(PublishRateLimit(messagesPerSecond: 0, bytesPerSecond: 0, now: start) == nil)
+    }
+}
