@@ -52,15 +52,15 @@ public struct HTTPServer: Service {
     let jwksClient: JWKSClient?
     let enrollment: EnrollmentService?
     let readiness: [ReadinessCheck]
-    let metrics: MetricsExposition?
+    let operatorEndpoints: OperatorEndpoints?
 
     public init(
         listeners: [HTTPListener], oauth: OAuthServer, enrollment: EnrollmentService?, readiness: [ReadinessCheck],
-        metrics: MetricsExposition? = nil, settings: HTTPSettings, group: any EventLoopGroup,
+        operatorEndpoints: OperatorEndpoints? = nil, settings: HTTPSettings, group: any EventLoopGroup,
         jwksClient: JWKSClient?, logger: Logger
     ) {
         self.readiness = readiness
-        self.metrics = metrics
+        self.operatorEndpoints = operatorEndpoints
         self.jwksClient = jwksClient
         self.enrollment = enrollment
         self.listeners = listeners
@@ -72,7 +72,7 @@ public struct HTTPServer: Service {
 
     /// The routes of every listener, as the OpenAPI document must list them.
     static let documentedRoutes =
-        OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths + HealthRoutes.paths + MetricsRoutes.paths
+        OAuthRoutes.paths + AdminRoutes.paths + EnrollmentRoutes.paths + HealthRoutes.paths + OperatorRoutes.paths
 
     public func run() async throws {
         let limiter = TokenRateLimiter(
@@ -85,7 +85,9 @@ public struct HTTPServer: Service {
             AdminRoutes(store: oauth.store, sessions: oauth.sessions, settings: settings, logger: logger).add(
                 to: router)
             HealthRoutes(checks: readiness).add(to: router)
-            if let metrics { MetricsRoutes(exposition: metrics, store: oauth.store).add(to: router) }
+            if let operatorEndpoints {
+                OperatorRoutes(endpoints: operatorEndpoints, store: oauth.store).add(to: router)
+            }
             if let enrollment {
                 EnrollmentRoutes(enrollment: enrollment, settings: settings, logger: logger).add(to: router)
             }

@@ -43,6 +43,9 @@ public final class MQTTServer: Service {
     private let openConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     /// Accepted connections that have not finished CONNECT, on every listener together.
     public let pendingConnects: PendingConnects
+    private let bound = NIOLockedValueBox<[ListenAddress]>([])
+    /// The listeners as bound (port 0 replaced by the port chosen), once `run` has bound them.
+    public var boundListeners: [ListenAddress] { bound.withLockedValue { $0 } }
     private let group: any EventLoopGroup
     private let logger: Logger
     /// True while every listener is bound and accepting: what readiness reports.
@@ -111,9 +114,10 @@ public final class MQTTServer: Service {
             for (listener, tls) in zip(configuration.listeners, tlsContexts) {
                 let channel = try await bind(listener.address, tls: tls)
                 channels.append(channel)
-                var bound = listener.address
-                bound.port = channel.localAddress?.port ?? bound.port
-                logger.info("listening on \(bound)")
+                var address = listener.address
+                address.port = channel.localAddress?.port ?? address.port
+                bound.withLockedValue { $0.append(address) }
+                logger.info("listening on \(address)")
             }
         } catch {
             for channel in channels { try? await channel.close() }

@@ -162,10 +162,12 @@ struct Serve: AsyncParsableCommand {
         }
         let aclFile = try resolveACLFile(settings, logger: logger)
         let authorizer: ACLAuthorizer
+        let aclState = ACLState(file: aclFile)
         do {
             let table = try ACLTable.load(file: aclFile)
             logger.info("ACL loaded", metadata: ["file": "\(aclFile)", "rules": "\(table.ruleCount)"])
             metrics.aclLoaded(rules: table.ruleCount, reload: false)
+            aclState.loaded(rules: table.ruleCount)
             authorizer = ACLAuthorizer(table)
         } catch {
             throw ValidationError("the ACL has errors:\n\(error.description)")
@@ -223,7 +225,7 @@ struct Serve: AsyncParsableCommand {
         let notifier = SystemdNotifier()
         let reloader = ReloadOnHangup(signals: hangups, logger: logger) {
             notifier.reloading()
-            reloadACL(aclFile, into: authorizer, broker: broker, metrics: metrics, logger: logger)
+            reloadACL(aclFile, into: authorizer, broker: broker, metrics: metrics, state: aclState, logger: logger)
             server.reloadTLS()
             notifier.notify("READY=1")
         }
@@ -240,9 +242,17 @@ struct Serve: AsyncParsableCommand {
                             (try? await store.offloaded { [store] in try store.latestChange() }) != nil
                         },
                     ],
-                    metrics: MetricsExposition(tokenRequiredFromLoopback: settings.http.metricsRequireToken) {
-                        metrics.scrape(broker, pendingConnects: server.pendingConnects)
-                    },
+                    operatorEndpoints: OperatorEndpoints(
+                        tokenRequiredFromLoopback: settings.http.metricsRequireToken,
+                        metrics: { metrics.scrape(broker, pendingConnects: server.pendingConnects) },
+                        status: {
+                            StatusReport(
+                                broker: broker, store: store, acl: aclState, server: server,
+                                httpListeners: httpListeners.map {
+                                    "\($0.tls == nil ? "http" : "https")://\($0.host):\($0.port)"
+                                }
+                            ).json()
+                        }),
                     sessions: BrokerSessionControl(store: store, broker: broker, logger: logger), logger: logger))
         }
         services.append(ReadinessNotification(notifier: notifier, isReady: { server.isListening }, logger: logger))
@@ -258,7 +268,7 @@ struct Serve: AsyncParsableCommand {
 /// The HTTP side: the OAuth2 server over the identity store, on the broker's event loops.
 private func makeHTTPServer(
     _ settings: ServerConfiguration, listeners: [(host: String, port: Int, tls: TLSSettings?)], store: IdentityStore,
-    enrollment: EnrollmentService?, readiness: [ReadinessCheck], metrics: MetricsExposition,
+    enrollment: EnrollmentService?, readiness: [ReadinessCheck], operatorEndpoints: OperatorEndpoints,
     sessions: any SessionControl, logger: Logger
 ) throws -> HTTPServer {
     let enrollmentCA = enrollment == nil ? nil : settings.enrollmentAuthorityFiles.certificate
@@ -281,7 +291,8 @@ private func makeHTTPServer(
     let jwksClient = JWKSClient(trustRoots: trustRoots, group: group)
     let oauth = OAuthServer(store: store, settings: settings.oauth, fetcher: jwksClient, sessions: sessions)
     return HTTPServer(
-        listeners: http, oauth: oauth, enrollment: enrollment, readiness: readiness, metrics: metrics,
+        listeners: http, oauth: oauth, enrollment: enrollment, readiness: readiness,
+        operatorEndpoints: operatorEndpoints,
         settings: settings.http,
         group: group,
         jwksClient: jwksClient, logger: logger)
@@ -305,12 +316,14 @@ private func resolveACLFile(_ settings: ServerConfiguration, logger: Logger) thr
 /// SIGHUP: a valid file replaces the table at once for every connection; a file with errors is
 /// refused, each error logged with its place, and the old table stays.
 private func reloadACL(
-    _ file: String, into authorizer: ACLAuthorizer, broker: Broker, metrics: BrokerMetrics, logger: Logger
+    _ file: String, into authorizer: ACLAuthorizer, broker: Broker, metrics: BrokerMetrics, state: ACLState,
+    logger: Logger
 ) {
     do {
         let table = try ACLTable.load(file: file)
         authorizer.replace(with: table)
         metrics.aclLoaded(rules: table.ruleCount, reload: true)
+        state.loaded(rules: table.ruleCount)
         let removed = broker.recheckSubscriptions()
         logger.notice(
             "ACL reloaded",
@@ -318,6 +331,7 @@ private func reloadACL(
     } catch {
         broker.statistics.countACLReloadFailure()
         metrics.aclReloadFailed()
+        state.refused(error.errors.map(\.description))
         for problem in error.errors { logger.error("ACL error: \(problem.description)") }
         logger.error(
             "ACL reload refused; the previous ACL stays in force", metadata: ["errors": "\(error.errors.count)"])

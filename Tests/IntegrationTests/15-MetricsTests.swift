@@ -9,22 +9,7 @@ struct MetricsTests {
         .appendingPathComponent("Clients/metrics_check.py").path
 
     private func startBroker(_ http: String = "", environment: [String: String] = [:]) throws -> (BrokerProcess, URL) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let config = directory.appendingPathComponent("gatehouse.yaml")
-        try """
-        listeners:
-          - mqtt://127.0.0.1:0
-          - http://127.0.0.1:0
-        allow_anonymous: true
-        sys_interval: 0
-        \(http)
-        """.write(to: config, atomically: true, encoding: .utf8)
-        return (
-            try BrokerProcess(
-                arguments: ["--config", config.path], listeners: [], listenerCount: 2, environment: environment),
-            directory
-        )
+        try BrokerProcess.withHTTPSide(environment: environment) { _ in http }
     }
 
     private func run(_ mode: String, _ broker: BrokerProcess) async throws {
