@@ -438,6 +438,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 WillMessage(will, publisherClientID: request.clientID), delay: will.properties.willDelayInterval ?? 0)
         }
         broker.statistics.add(broker.statistics.clientsConnected, 1)
+        if connection.version == .v5 { broker.statistics.add(broker.statistics.clientsConnectedV5, 1) }
         context?.triggerUserOutboundEvent(MQTTConnectAccepted(), promise: nil)
         send(accepted.connack)
         if accepted.keepAlive > 0 {
@@ -752,6 +753,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private func connectionEnded() {
         guard connection.end(), let attached else { return }
         broker.statistics.add(broker.statistics.clientsConnected, -1)
+        if connection.version == .v5 { broker.statistics.add(broker.statistics.clientsConnectedV5, -1) }
         broker.admission.release(identity: attached.principal.identityID)
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
         deliveries.wakeAll()

@@ -7,6 +7,8 @@ public import NIOCore
 public final class BrokerStatistics: Sendable {
     public let startedAt = NIODeadline.now()
     let clientsConnected = ManagedAtomic<Int>(0)
+    /// Of those, the 5.0 ones (the rest speak 3.1.1).
+    let clientsConnectedV5 = ManagedAtomic<Int>(0)
     let messagesReceived = ManagedAtomic<Int>(0)
     let messagesSent = ManagedAtomic<Int>(0)
     let messagesDropped = ManagedAtomic<Int>(0)
@@ -22,6 +24,7 @@ public final class BrokerStatistics: Sendable {
 
     public struct Snapshot: Sendable, Equatable {
         public var clientsConnected: Int
+        public var clientsConnectedV5: Int
         public var messagesReceived: Int
         public var messagesSent: Int
         public var messagesDropped: Int
@@ -41,6 +44,7 @@ public final class BrokerStatistics: Sendable {
     public var snapshot: Snapshot {
         Snapshot(
             clientsConnected: clientsConnected.load(ordering: .relaxed),
+            clientsConnectedV5: clientsConnectedV5.load(ordering: .relaxed),
             messagesReceived: messagesReceived.load(ordering: .relaxed),
             messagesSent: messagesSent.load(ordering: .relaxed),
             messagesDropped: messagesDropped.load(ordering: .relaxed),

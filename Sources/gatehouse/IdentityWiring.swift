@@ -6,6 +6,7 @@ import GatehouseConfig
 import GatehouseIAM
 import Logging
 import MQTTCore
+import Metrics
 import ServiceLifecycle
 
 /// Opens the identity store and, on first start (no tenant yet), creates tenant `default`,
@@ -30,14 +31,16 @@ func openIdentityStore(_ settings: ServerConfiguration, logger: Logger) throws -
 /// The configured methods in order, anonymous last when allowed, behind the failure back-off.
 func makeAuthenticator(_ settings: ServerConfiguration, store: IdentityStore, logger: Logger) -> any Authenticator {
     var chain: [any Authenticator] = settings.authentication.methods.map { method in
-        switch method {
-        case "certificate": CertificateAuthenticator(store: store, logger: logger)
-        case "token": TokenAuthenticator(store: store, logger: logger)
-        case "jwt": JWTAuthenticator(store: store, logger: logger)
-        default: PasswordAuthenticator(store: store, logger: logger)
-        }
+        let authenticator: any Authenticator =
+            switch method {
+            case "certificate": CertificateAuthenticator(store: store, logger: logger)
+            case "token": TokenAuthenticator(store: store, logger: logger)
+            case "jwt": JWTAuthenticator(store: store, logger: logger)
+            default: PasswordAuthenticator(store: store, logger: logger)
+            }
+        return CountedAuthenticator(method: method, authenticator)
     }
-    if settings.allowAnonymous { chain.append(AnonymousAuthenticator()) }
+    if settings.allowAnonymous { chain.append(CountedAuthenticator(method: "anonymous", AnonymousAuthenticator())) }
     let base = settings.authentication.backoffBaseMilliseconds
     guard base > 0 else { return AuthenticatorChain(chain) }
     return ThrottledAuthenticator(
@@ -99,6 +102,8 @@ struct RevocationEnforcer: Service {
 /// Ends the broker sessions whose credential the store no longer accepts: for the HTTP side,
 /// which revokes tokens without knowing the broker, and for the enforcer's poll.
 struct BrokerSessionControl: SessionControl {
+    /// Sessions ended because their identity or credential was revoked, disabled or changed.
+    static let revocationsEnforced = Counter(label: "gatehouse_revocations_enforced_total")
     let store: IdentityStore
     let broker: Broker
     let logger: Logger
@@ -116,6 +121,7 @@ struct BrokerSessionControl: SessionControl {
             guard await !store.isStillValid(principal) else { continue }
             if broker.disconnect(clientID: clientID, ifStill: principal, reason: .administrativeAction) {
                 ended += 1
+                Self.revocationsEnforced.increment()
                 logger.notice(
                     "session ended: its identity or credential changed",
                     metadata: ["client_id": "\(clientID)", "identity": "\(principal.username)"])

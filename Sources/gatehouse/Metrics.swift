@@ -1,5 +1,6 @@
 import CoreMetrics
 import Foundation
+import GatehouseAuth
 import GatehouseBroker
 import GatehouseTransport
 import Metrics
@@ -20,6 +21,8 @@ final class BrokerMetrics: Sendable {
     private let lastCounts = Mutex<(counts: BrokerStatistics.Snapshot, closedAtLimit: Int)?>(nil)
 
     private let connections = Gauge(label: "gatehouse_connections_count")
+    private let connectionsV311 = Gauge(label: "gatehouse_connections_by_protocol", dimensions: [("protocol", "3.1.1")])
+    private let connectionsV5 = Gauge(label: "gatehouse_connections_by_protocol", dimensions: [("protocol", "5.0")])
     private let connectedSessions = Gauge(label: "gatehouse_sessions_count", dimensions: [("state", "connected")])
     private let offlineSessions = Gauge(label: "gatehouse_sessions_count", dimensions: [("state", "offline")])
     private let subscriptions = Gauge(label: "gatehouse_subscriptions_count")
@@ -95,6 +98,8 @@ final class BrokerMetrics: Sendable {
         carry(refusedOverIdentityLimit, \.refusedOverIdentityLimit)
         carry(disconnectedOverPublishRate, \.disconnectedOverPublishRate)
         connections.record(counts.clientsConnected)
+        connectionsV5.record(counts.clientsConnectedV5)
+        connectionsV311.record(counts.clientsConnected - counts.clientsConnectedV5)
         let sessions = broker.sessionCounts()
         connectedSessions.record(sessions.connected)
         offlineSessions.record(sessions.offline)
@@ -112,5 +117,36 @@ final class BrokerMetrics: Sendable {
         guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
         let fields = statm.split(separator: " ")
         return fields.count > 1 ? Int(fields[1]) : nil
+    }
+}
+
+/// One method of the authentication chain, its decisions counted in
+/// `gatehouse_connects_total{method, result}` (accepted or refused; skipped is not counted).
+struct CountedAuthenticator: Authenticator {
+    let authenticator: any Authenticator
+    private let accepted: CoreMetrics.Counter
+    private let refused: CoreMetrics.Counter
+
+    init(method: String, _ authenticator: any Authenticator) {
+        self.authenticator = authenticator
+        accepted = Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", "accepted")])
+        refused = Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", "refused")])
+    }
+
+    func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
+        count(await authenticator.authenticate(credentials))
+    }
+
+    func authenticateImmediately(_ credentials: ConnectCredentials) -> AuthenticationOutcome? {
+        authenticator.authenticateImmediately(credentials).map(count)
+    }
+
+    private func count(_ outcome: AuthenticationOutcome) -> AuthenticationOutcome {
+        switch outcome {
+        case .accepted: accepted.increment()
+        case .rejected: refused.increment()
+        case .skipped: break
+        }
+        return outcome
     }
 }

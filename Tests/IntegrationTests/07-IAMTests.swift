@@ -112,11 +112,12 @@ struct IAMTests {
 
     @Test("revoking a token ends a connected mosquitto_sub (DISCONNECT 0x98) within a second")
     func revokeTokenDisconnectsMosquitto() async throws {
-        let broker = try await startBroker()
+        let broker = try await startBroker(listeners: ["mqtt://127.0.0.1:0", "http://127.0.0.1:0"])
+        let port = try #require(broker.ports["mqtt"])
         let token = try await device(broker, "sensor-1")
         let subscriber = try RunningTool(
             "mosquitto_sub",
-            ["-p", String(broker.port), "-V", "mqttv5", "-u", "sensor-1", "-P", token, "-t", "t", "-d"])
+            ["-p", String(port), "-V", "mqttv5", "-u", "sensor-1", "-P", token, "-t", "t", "-d"])
         try await subscriber.waitForOutput("received SUBACK")
         let id = try #require(
             try await iam(broker, ["token", "list", "sensor-1"]).split(separator: "\n").last?.split(separator: " ")
@@ -125,8 +126,11 @@ struct IAMTests {
         try await iam(broker, ["token", "revoke", String(id)])
         try await subscriber.waitForOutput("Received DISCONNECT (152)", timeout: .seconds(3))
         #expect(ContinuousClock.now - revokedAt < .seconds(1.5))
-        let again = try await publish(broker.port, ["-u", "sensor-1", "-P", token])
+        let again = try await publish(port, ["-u", "sensor-1", "-P", token])
         #expect(again.status != 0)
+        let metrics = try await runTool(
+            "curl", ["-sS", "http://127.0.0.1:\(try #require(broker.ports["http"]))/metrics"])
+        #expect(metrics.output.contains("gatehouse_revocations_enforced_total 1"), "\(metrics.output)")
         #expect(try await broker.stop() == 0)
     }
 

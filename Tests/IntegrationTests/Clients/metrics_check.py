@@ -49,8 +49,17 @@ if MODE == "token":
     check(refused.json().get("status") == 401, "an RFC 9457 problem body", refused.text)
     with open(os.path.join(DATA_DIR, "admin.token")) as file:
         token = file.read().strip()
+    refusal = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv311)
+    refusal.username_pw_set("nobody", "wrong")
+    try:
+        refusal.connect("127.0.0.1", MQTT)
+        refusal.loop(timeout=2)
+    except Exception:
+        pass
     samples = scrape({"Authorization": f"Bearer {token}"})
     check(value(samples, "gatehouse_acl_rules") > 0, "with the admin token, the metrics")
+    check(value(samples, "gatehouse_connects_total", method="password", result="refused") == 1,
+          "the wrong password is counted as a refusal of the password method")
     print("done")
     sys.exit(0)
 
@@ -71,6 +80,10 @@ check(wait(lambda: len(received) == 20, 10), "the subscriber got 20 messages")
 during = scrape()
 check(value(during, "gatehouse_connections_count") == 2, "2 connections", value(during, "gatehouse_connections_count"))
 check(value(during, "gatehouse_sessions_count", state="connected") == 2, "2 connected sessions")
+check(value(during, "gatehouse_connections_by_protocol", protocol="3.1.1") == 2, "both speak 3.1.1")
+check(value(during, "gatehouse_connects_total", method="anonymous", result="accepted")
+      - value(before, "gatehouse_connects_total", method="anonymous", result="accepted") == 2,
+      "two CONNECTs accepted by the anonymous method")
 check(value(during, "gatehouse_subscriptions_count") == 1, "1 subscription")
 for name, expected in [("gatehouse_messages_received_total", 20), ("gatehouse_messages_sent_total", 20),
                        ("gatehouse_bytes_received_total", 200), ("gatehouse_bytes_sent_total", 200)]:
