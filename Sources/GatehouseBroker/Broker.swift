@@ -37,6 +37,9 @@ public struct BrokerConfiguration: Sendable {
     /// second's worth); past it, DISCONNECT 0x96 Message rate too high. 0 for no limit.
     public var maximumPublishRate = 0
     public var maximumPublishBytesRate = 0
+    /// What queued and in-flight messages may hold in memory, all sessions together; past it
+    /// QoS 0 publishes are dropped and QoS 1/2 ones refused with 0x97 Quota exceeded. 0: no limit.
+    public var maximumQueuedBytes = 0
 
     public init() {}
 }
@@ -192,6 +195,12 @@ public final class Broker: Sendable {
     /// unless the session ends first or a new connection resumes it. [MQTT-3.1.3-9]
     public func publishWill(_ will: WillMessage, delay: UInt32, session: Session, on eventLoop: any EventLoop) {
         wills.publish(will, delay: delay, session: session, on: eventLoop)
+    }
+
+    /// Whether queued messages hold more memory than `maximumQueuedBytes` allows.
+    var isOverMemoryBudget: Bool {
+        configuration.maximumQueuedBytes > 0
+            && statistics.heldBytes >= configuration.maximumQueuedBytes
     }
 
     /// Sessions with a connected client, and those that wait offline for theirs.

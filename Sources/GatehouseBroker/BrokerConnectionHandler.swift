@@ -536,6 +536,11 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         {
             code = .notAuthorized
         }
+        if code == .success && !isRepeat && broker.isOverMemoryBudget {
+            broker.statistics.add(broker.statistics.refusedOverMemoryBudget, 1)
+            broker.statistics.add(broker.statistics.messagesDropped, 1)
+            code = .quotaExceeded
+        }
         var receipt: DeliveryReceipt?
         if code == .success && !isRepeat {
             let message = RoutedMessage(

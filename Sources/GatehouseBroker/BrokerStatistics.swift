@@ -19,8 +19,13 @@ public final class BrokerStatistics: Sendable {
     let refusedOverConnectionLimit = ManagedAtomic<Int>(0)
     let refusedOverIdentityLimit = ManagedAtomic<Int>(0)
     let disconnectedOverPublishRate = ManagedAtomic<Int>(0)
+    /// What every session's queued and in-flight messages hold (`QueuedMessage.storedSize`).
+    let queuedBytes = ManagedAtomic<Int>(0)
+    let refusedOverMemoryBudget = ManagedAtomic<Int>(0)
 
     public init() {}
+
+    var heldBytes: Int { queuedBytes.load(ordering: .relaxed) }
 
     public struct Snapshot: Sendable, Equatable {
         public var clientsConnected: Int
@@ -39,6 +44,9 @@ public final class BrokerStatistics: Sendable {
         public var refusedOverIdentityLimit: Int
         /// Connections ended for publishing faster than `maximumPublishRate` or `maximumPublishBytesRate`.
         public var disconnectedOverPublishRate: Int
+        public var queuedBytes: Int
+        /// PUBLISH packets refused (QoS 1/2) or dropped (QoS 0) while `queuedBytes` was past the budget.
+        public var refusedOverMemoryBudget: Int
     }
 
     public var snapshot: Snapshot {
@@ -54,7 +62,9 @@ public final class BrokerStatistics: Sendable {
             aclReloadFailures: aclReloadFailures.load(ordering: .relaxed),
             refusedOverConnectionLimit: refusedOverConnectionLimit.load(ordering: .relaxed),
             refusedOverIdentityLimit: refusedOverIdentityLimit.load(ordering: .relaxed),
-            disconnectedOverPublishRate: disconnectedOverPublishRate.load(ordering: .relaxed)
+            disconnectedOverPublishRate: disconnectedOverPublishRate.load(ordering: .relaxed),
+            queuedBytes: queuedBytes.load(ordering: .relaxed),
+            refusedOverMemoryBudget: refusedOverMemoryBudget.load(ordering: .relaxed)
         )
     }
 

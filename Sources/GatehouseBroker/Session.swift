@@ -140,6 +140,8 @@ public final class Session: @unchecked Sendable {
     private var drainScheduled = false
     private var resendInflight = false
     private var droppedMessages = 0
+    /// What the queued and in-flight messages hold, counted in the broker's memory budget.
+    private var heldBytes = 0
     /// A Will waiting out its delay; a new connection to the session cancels it.
     private var pendingWill: (message: WillMessage, dueAt: Int64)?
     /// The connected client's Will, kept in the store so that a crash of the broker does not lose it.
@@ -235,7 +237,22 @@ public final class Session: @unchecked Sendable {
         lock.withLock {
             retired = true
             syncStoreLocked()
+            // Deliveries that still reach a retired session are not counted either.
+            if let statistics { statistics.add(statistics.queuedBytes, -heldBytes) }
+            heldBytes = 0
         }
+    }
+
+    private func holdLocked(_ queued: QueuedMessage) {
+        guard !retired else { return }
+        heldBytes += queued.storedSize
+        if let statistics { statistics.add(statistics.queuedBytes, queued.storedSize) }
+    }
+
+    private func releaseLocked(_ queued: QueuedMessage) {
+        guard !retired else { return }
+        heldBytes -= queued.storedSize
+        if let statistics { statistics.add(statistics.queuedBytes, -queued.storedSize) }
     }
 
     /// Brings the store in line with whether the session should be there: a clean session
@@ -456,6 +473,7 @@ public final class Session: @unchecked Sendable {
                 }
             }
             queue.append(queued)
+            holdLocked(queued)
             if let connection, !drainScheduled {
                 drainScheduled = true
                 result.wake = connection
@@ -475,6 +493,7 @@ public final class Session: @unchecked Sendable {
                     kept.append(queued)
                 } else {
                     forgetDeliveryLocked(queued)
+                    releaseLocked(queued)
                 }
             }
             guard kept.count != before else { return 0 }
@@ -491,7 +510,7 @@ public final class Session: @unchecked Sendable {
         guard queued.qos != .atMostOnce, let index = queue.firstIndex(where: { $0.qos == .atMostOnce }) else {
             return false
         }
-        queue.remove(at: index)
+        releaseLocked(queue.remove(at: index))
         return true
     }
 
@@ -522,10 +541,12 @@ public final class Session: @unchecked Sendable {
                 if next.message.hasExpired(at: now) {
                     queue.removeFirst()
                     forgetDeliveryLocked(next)
+                    releaseLocked(next)
                     continue
                 }
                 if next.qos == .atMostOnce {
                     queue.removeFirst()
+                    releaseLocked(next)
                     outgoing.append(.publish(next, packetIdentifier: 0, duplicate: false))
                     continue
                 }
@@ -561,6 +582,7 @@ public final class Session: @unchecked Sendable {
         let done = lock.withLock {
             guard let done = inflight.removeValue(forKey: identifier) else { return nil as InflightMessage? }
             forgetDeliveryLocked(done.queued)
+            releaseLocked(done.queued)
             return done
         }
         guard let done else { return false }
@@ -684,12 +706,14 @@ extension Session {
                 case .queued:
                     if authorizer.authorize(_principal, .read, topic: message.topic) == .accept {
                         restored.append(queued)
+                        holdLocked(queued)
                     } else {
                         forgetDeliveryLocked(queued)
                     }
                 case .sent, .released:
                     inflight[delivery.packetIdentifier] = InflightMessage(
                         queued: queued, released: delivery.state == .released)
+                    holdLocked(queued)
                 }
             }
             restored.append(contentsOf: queue)

@@ -110,6 +110,8 @@ public struct ServerConfiguration: Sendable, Equatable {
         /// PUBLISH packets and payload bytes per second one client may send; 0 means no limit.
         public var maxPublishRate = 0
         public var maxPublishBytesRate = 0
+        /// Memory queued messages may hold, all sessions together; 0 means no limit.
+        public var maxQueuedBytes = 1 << 30
 
         public init() {}
     }
@@ -255,6 +257,7 @@ public struct ServerConfiguration: Sendable, Equatable {
         configuration.maximumConnectionsPerIdentity = limits.maxConnectionsPerIdentity
         configuration.maximumPublishRate = limits.maxPublishRate
         configuration.maximumPublishBytesRate = limits.maxPublishBytesRate
+        configuration.maximumQueuedBytes = limits.maxQueuedBytes
         configuration.disconnectOnRefusedPublish = refusedPublish == "disconnect"
         configuration.maximumStoredBytes = persistence.maximumStoredBytes
         return configuration
@@ -304,7 +307,7 @@ extension ServerConfiguration {
         "max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages", "receive_maximum",
         "topic_alias_maximum", "max_topic_levels", "max_subscriptions_per_client", "max_keep_alive",
         "max_connections", "max_connections_per_identity", "max_pending_connects", "max_publish_rate",
-        "max_publish_bytes_rate",
+        "max_publish_bytes_rate", "max_queued_bytes",
     ]
 
     /// Reads a YAML configuration. Unknown keys, wrong types and out-of-range values are
@@ -532,6 +535,7 @@ extension ServerConfiguration.Limits {
         case "max_pending_connects": maxPendingConnects = try reader.int(node, name, in: 0...10_000_000)
         case "max_publish_rate": maxPublishRate = try reader.int(node, name, in: 0...10_000_000)
         case "max_publish_bytes_rate": maxPublishBytesRate = try reader.int(node, name, in: 0...1_000_000_000)
+        case "max_queued_bytes": maxQueuedBytes = try reader.int(node, name, in: 0...Int.max)
         default: maxSubscriptionsPerClient = try reader.int(node, name, in: 1...10_000_000)
         }
     }

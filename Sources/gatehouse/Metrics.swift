@@ -40,6 +40,9 @@ final class BrokerMetrics: Sendable {
     private let closedAtPendingLimit = Counter(
         label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_pending_connects")])
     private let pendingConnections = Gauge(label: "gatehouse_pending_connects_count")
+    private let queuedBytes = Gauge(label: "gatehouse_queued_bytes")
+    private let refusedOverMemoryBudget = Counter(
+        label: "gatehouse_publishes_refused_total", dimensions: [("reason", "memory_budget")])
     private let disconnectedOverPublishRate = Counter(
         label: "gatehouse_disconnects_total", dimensions: [("reason", "message_rate_too_high")])
     private let refusedOverIdentityLimit = Counter(
@@ -97,6 +100,8 @@ final class BrokerMetrics: Sendable {
         carry(refusedOverConnectionLimit, \.refusedOverConnectionLimit)
         carry(refusedOverIdentityLimit, \.refusedOverIdentityLimit)
         carry(disconnectedOverPublishRate, \.disconnectedOverPublishRate)
+        carry(refusedOverMemoryBudget, \.refusedOverMemoryBudget)
+        queuedBytes.record(counts.queuedBytes)
         connections.record(counts.clientsConnected)
         connectionsV5.record(counts.clientsConnectedV5)
         connectionsV311.record(counts.clientsConnected - counts.clientsConnectedV5)

@@ -191,6 +191,41 @@ struct ConnectionHandlerTests {
         #expect(try await first.receive() == .disconnect(.init(reasonCode: .sessionTakenOver)))
     }
 
+    @Test("past the memory budget QoS 1 publishes get 0x97 and QoS 0 ones are dropped, until queues drain")
+    func memoryBudget() async throws {
+        // Each queued 100-byte message on topic "q" counts 100 + 1 + 96 bytes.
+        let broker = makeBroker { $0.maximumQueuedBytes = 300 }
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(clientID: "away", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        _ = try await subscriber.subscribe("q")
+        try await subscriber.send(.disconnect(.init()))
+        try await subscriber.waitUntilClosed()
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        let payload = ByteBuffer(repeating: 0x61, count: 100)
+        for id: UInt16 in 1...3 {
+            try await publisher.send(
+                .publish(.init(topicName: "q", payload: payload, qos: .atLeastOnce, packetIdentifier: id)))
+        }
+        #expect(try await publisher.receive() == .puback(.init(packetIdentifier: 1)))
+        #expect(try await publisher.receive() == .puback(.init(packetIdentifier: 2)))
+        #expect(try await publisher.receive() == .puback(.init(packetIdentifier: 3, reasonCode: .quotaExceeded)))
+        try await publisher.send(.publish(.init(topicName: "q", payload: payload)))
+        #expect(broker.statistics.snapshot.refusedOverMemoryBudget == 2)
+
+        let back = try await TestConnection(broker: broker)
+        try await back.connect(clientID: "away", cleanStart: false, properties: [.sessionExpiryInterval(300)])
+        for _ in 0..<2 {
+            guard case .publish(let queued) = try await back.receive() else { throw TestFailure("expected PUBLISH") }
+            try await back.send(.puback(.init(packetIdentifier: queued.packetIdentifier)))
+        }
+        try await back.expectSilence()  // the QoS 0 message was dropped
+        #expect(broker.statistics.snapshot.queuedBytes == 0)
+        try await publisher.send(
+            .publish(.init(topicName: "q", payload: payload, qos: .atLeastOnce, packetIdentifier: 4)))
+        #expect(try await publisher.receive() == .puback(.init(packetIdentifier: 4)))
+    }
+
     @Test("a client publishing past max_publish_rate gets DISCONNECT 0x96 Message rate too high")
     func publishRateLimit() async throws {
         let broker = makeBroker { $0.maximumPublishRate = 5 }
