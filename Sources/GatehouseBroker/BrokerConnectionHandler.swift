@@ -135,7 +135,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             flushPending = false
             context.flush()
         }
-        deliveries.wakeAll()
+        deliveries.take().wake()
         awaitCommit()
         tally.flush(into: broker.statistics)
         context.fireChannelReadComplete()
@@ -455,7 +455,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         for packet in accepted.pending { handle(packet) }
         drainPending = false
         sessionHasOutput()
-        deliveries.wakeAll()
+        deliveries.take().wake()
         awaitCommit()
     }
 
@@ -548,12 +548,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             // A QoS 1 PUBACK promises only the deliveries to persistent sessions (a retained
             // message, or QoS 2 state, must be committed).
             if publish.qos == .atLeastOnce && !publish.retain, let store = broker.store, store.isKeepingUp {
-                receipt = DeliveryReceipt(publisher: self)
+                deliveries.pendingReceipt = PendingReceipt(publisher: self)
             }
             deliveries.wroteToStore = false
-            deliveries.receipt = receipt
             if broker.publish(message, topic: levels, into: &deliveries) == 0 { code = .noMatchingSubscribers }
-            deliveries.receipt = nil
+            receipt = deliveries.pendingReceipt.receipt
+            deliveries.pendingReceipt = PendingReceipt()
             if deliveries.wroteToStore { durable = !(receipt?.routingFinished() ?? false) }
         } else if code.isFailure {
             logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(code)"])
@@ -630,9 +630,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let outgoing = session.takeOutgoing(now: now)
         guard !outgoing.isEmpty else { return }
         var buffer = context.channel.allocator.buffer(capacity: 256)
-        // Not `deliveries`: this drain may run inside that batch's own wake-up.
-        var droppedAsTooLarge = DeliveryBatch()
-        defer { droppedAsTooLarge.wakeAll() }
         for packet in outgoing {
             switch packet {
             case .pubrel(let identifier):
@@ -667,7 +664,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 guard written, buffer.writerIndex - start <= maximumPacketSize else {
                     // Too large for this client: dropped as if delivered. [MQTT-3.1.2-25]
                     buffer.moveWriterIndex(to: start)
-                    if queued.qos != .atMostOnce { _ = session.completeOutbound(identifier, into: &droppedAsTooLarge) }
+                    if queued.qos != .atMostOnce { _ = session.completeOutbound(identifier, into: &deliveries) }
                     continue
                 }
                 // The client knows the alias only once a packet carrying it with the topic went out.
@@ -679,8 +676,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard buffer.readableBytes > 0 else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
         flushOrDefer(context)
-        // Drains outside a read cycle (woken by other connections) hand over their counts here.
-        if !inReadCycle { tally.flush(into: broker.statistics) }
+        // Drains outside a read cycle (woken by other connections) hand over their counts here,
+        // and tell the publishers of messages dropped as too large.
+        if !inReadCycle {
+            tally.flush(into: broker.statistics)
+            deliveries.take().wake()
+        }
     }
 
     private func flushOrDefer(_ context: ChannelHandlerContext) {
@@ -761,7 +762,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         if connection.version == .v5 { broker.statistics.add(broker.statistics.clientsConnectedV5, -1) }
         broker.admission.release(identity: attached.principal.identityID)
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
-        deliveries.wakeAll()
+        deliveries.take().wake()
         tally.flush(into: broker.statistics)
         if attached.session.isAttached(to: self) { attached.session.disarmWill() }
         if let will = connection.will,

@@ -47,3 +47,20 @@ final class DeliveryReceipt: Sendable {
 
     var isFulfilled: Bool { outstanding.load(ordering: .acquiring) == 0 }
 }
+
+/// The receipt of the message being routed, made only when a first stored copy needs it: most
+/// QoS 1 messages reach no persistent session and should cost no allocation.
+struct PendingReceipt {
+    private let publisher: (any SessionConnection)?
+    private(set) var receipt: DeliveryReceipt?
+
+    /// Without a publisher, no receipt: the PUBACK waits for the commit.
+    init(publisher: (any SessionConnection)? = nil) {
+        self.publisher = publisher
+    }
+
+    mutating func forStoredCopy() -> DeliveryReceipt? {
+        if receipt == nil, let publisher { receipt = DeliveryReceipt(publisher: publisher) }
+        return receipt
+    }
+}

@@ -120,7 +120,7 @@ public final class Router: Sendable {
     func publishNow(_ message: RoutedMessage) {
         var batch = DeliveryBatch()
         publish(message, topic: TopicLevels(message.topic), into: &batch)
-        batch.wakeAll()
+        batch.wake()
     }
 
     /// Queues one delivery if the subscriber may read the topic; returns 1 if it did.
@@ -135,7 +135,8 @@ public final class Router: Sendable {
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
             subscriptionIdentifiers: delivery.subscriptionIdentifiers)
-        let enqueued = session.enqueue(&message, stored, topic: topic, readPermittedBy: access, receipt: batch.receipt)
+        let enqueued = session.enqueue(
+            &message, stored, topic: topic, readPermittedBy: access, receipt: &batch.pendingReceipt)
         batch.add(enqueued)
         return enqueued.accepted ? 1 : 0
     }
@@ -152,7 +153,11 @@ public final class Router: Sendable {
             let delivery = StoredDelivery(
                 qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
             )
-            batch.add(session.enqueue(&message, delivery, topic: TopicLevels(message.topic), readPermittedBy: access))
+            var noReceipt = PendingReceipt()
+            batch.add(
+                session.enqueue(
+                    &message, delivery, topic: TopicLevels(message.topic), readPermittedBy: access, receipt: &noReceipt)
+            )
         }
     }
 }
@@ -166,7 +171,7 @@ public struct DeliveryBatch {
     /// Set when routing wrote to the store; the caller clears it once it has taken a ticket.
     public var wroteToStore = false
     /// The receipt of the message being routed, if its PUBACK may go before the commit.
-    var receipt: DeliveryReceipt?
+    var pendingReceipt = PendingReceipt()
 
     public init() {}
 
@@ -180,18 +185,18 @@ public struct DeliveryBatch {
         fulfilledReceipts.append(publisher)
     }
 
+    /// Empties the batch and hands back what it held. A connection wakes its batch as
+    /// `deliveries.take().wake()`, so that what the wake-up runs (its own drain among them) may
+    /// use the batch again.
+    public mutating func take() -> DeliveryBatch {
+        defer { self = DeliveryBatch() }
+        return self
+    }
+
     /// Wakes each connection once, and tells each publisher, with one task per event loop.
-    public mutating func wakeAll() {
-        if !wakes.isEmpty {
-            let batch = wakes
-            wakes.removeAll(keepingCapacity: true)
-            onTheirLoops(batch) { $0.sessionHasOutput() }
-        }
-        if !fulfilledReceipts.isEmpty {
-            let batch = fulfilledReceipts
-            fulfilledReceipts.removeAll(keepingCapacity: true)
-            onTheirLoops(batch) { $0.deliveryReceiptsFulfilled() }
-        }
+    public func wake() {
+        if !wakes.isEmpty { onTheirLoops(wakes) { $0.sessionHasOutput() } }
+        if !fulfilledReceipts.isEmpty { onTheirLoops(fulfilledReceipts) { $0.deliveryReceiptsFulfilled() } }
     }
 }
 

@@ -438,7 +438,7 @@ public final class Session: @unchecked Sendable {
         _ delivery: StoredDelivery,
         topic: TopicLevels,
         readPermittedBy authorizer: any Authorizer,
-        receipt: DeliveryReceipt? = nil
+        receipt pendingReceipt: inout PendingReceipt
     ) -> Enqueued {
         lock.withLock {
             guard readDecisions.decide(authorizer, _principal, .read, topic: topic) == .accept else {
@@ -463,7 +463,7 @@ public final class Session: @unchecked Sendable {
                 writeDeliveryLocked(&queued, to: storage)
                 message.storedID = queued.message.storedID  // the next session refers to the same row
                 result.stored = true
-                if let receipt {
+                if let receipt = pendingReceipt.forStoredCopy() {
                     if connection == nil {
                         receipt.storedOffline()
                     } else {

@@ -34,7 +34,7 @@ extension Broker {
                 topic: topic, payload: ByteBuffer(string: value), qos: .atMostOnce, retain: true)
             publish(message, topic: TopicLevels(topic), into: &batch)
         }
-        batch.wakeAll()
+        batch.wake()
     }
 
     /// Publishes the `$SYS` topics every `interval` on `eventLoop` until the returned task is

@@ -23,7 +23,10 @@ extension SubscriptionTrie {
 extension Session {
     func enqueue(_ queued: QueuedMessage, readPermittedBy authorizer: any Authorizer) -> Enqueued {
         var message = queued.message
-        return enqueue(&message, queued.storedDelivery, topic: TopicLevels(message.topic), readPermittedBy: authorizer)
+        var noReceipt = PendingReceipt()
+        return enqueue(
+            &message, queued.storedDelivery, topic: TopicLevels(message.topic), readPermittedBy: authorizer,
+            receipt: &noReceipt)
     }
 
     /// Enqueues with every read allowed; returns the connection to wake, if any.
