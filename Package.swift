@@ -140,6 +140,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "GatehouseBench",
+            dependencies: [
+                "MQTTCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "GatehouseConfig",
             dependencies: [
                 "GatehouseBroker", "GatehouseTransport", "GatehouseHTTP", "GatehouseIAM",
@@ -151,7 +161,7 @@ let package = Package(
             name: "gatehouse",
             dependencies: [
                 "GatehouseTransport", "GatehouseBroker", "GatehouseAuth", "GatehouseConfig", "GatehouseCertificates",
-                "GatehouseIAM", "GatehouseACL", "GatehouseHTTP", "GatehousePersistence",
+                "GatehouseIAM", "GatehouseACL", "GatehouseHTTP", "GatehousePersistence", "GatehouseBench", "MQTTCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -173,6 +183,11 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "GatehouseBenchTests",
+            dependencies: ["GatehouseBench", "MQTTCore", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strictSettings
         ),
         .testTarget(name: "GatehouseAuthTests", dependencies: ["GatehouseAuth"], swiftSettings: strictSettings),

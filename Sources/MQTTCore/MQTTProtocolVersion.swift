@@ -32,7 +32,7 @@ public enum MQTTPacketType: UInt8, Sendable, Hashable, CaseIterable {
     case auth = 15
 
     /// The fixed-header flags every packet but PUBLISH must carry. [MQTT-2.1.3-1]
-    var requiredFlags: UInt8 {
+    public var requiredFlags: UInt8 {
         switch self {
         case .pubrel, .subscribe, .unsubscribe: 0b0010
         default: 0

@@ -15,7 +15,7 @@ struct Gatehouse: AsyncParsableCommand {
             'gatehouse certs dev' for development certificates.
             """,
         version: GatehouseVersion.current,
-        subcommands: [Serve.self, IAM.self, ACL.self, Certs.self]
+        subcommands: [Serve.self, IAM.self, ACL.self, Certs.self, Bench.self]
     )
 
     static func main() async {
