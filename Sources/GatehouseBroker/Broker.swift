@@ -236,7 +236,7 @@ public final class Broker: Sendable {
         for session in all {
             let dropped = session.dropUnreadable(by: access)
             if dropped > 0 {
-                statistics.add(statistics.messagesDropped, dropped)
+                statistics.countDrop(.aclRefused, dropped)
                 logger.notice(
                     "queued messages dropped: the reloaded ACL no longer lets the client read them",
                     metadata: ["client_id": "\(session.clientID)", "count": "\(dropped)"])

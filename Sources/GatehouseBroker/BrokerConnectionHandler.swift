@@ -81,6 +81,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     /// Verified by the TLS listener before the first MQTT byte; dropped once CONNECT has used
     /// it, as an idle connection should not carry its DER and names.
     private var clientCertificate: ClientCertificate?
+    /// What the frame decoder in front of this handler has read off the wire.
+    private let inboundBytes: MQTTByteCount?
+    /// The listener that accepted this connection, for its connection limit.
+    private let listener: ListenerConnections?
     public let eventLoop: any EventLoop
 
     public init(
@@ -88,9 +92,13 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         eventLoop: any EventLoop,
         connectTimeout: TimeAmount,
         clientCertificate: ClientCertificate? = nil,
+        inboundBytes: MQTTByteCount? = nil,
+        listener: ListenerConnections? = nil,
         logger: Logger
     ) {
         self.broker = broker
+        self.inboundBytes = inboundBytes
+        self.listener = listener
         self.connection = ConnectionProtocol(limits: broker.configuration)
         self.eventLoop = eventLoop
         self.connectTimeout = connectTimeout
@@ -137,6 +145,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         }
         deliveries.take().wake()
         awaitCommit()
+        if let inboundBytes {
+            tally.bytesReceived += inboundBytes.value
+            inboundBytes.value = 0
+        }
         tally.flush(into: broker.statistics)
         context.fireChannelReadComplete()
     }
@@ -392,10 +404,15 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let replacing = broker.session(clientID: request.clientID).map {
             $0.isConnected && $0.principal.identityID == principal.identityID
         }
-        if let refusal = broker.admission.admit(identity: principal.identityID, replacing: replacing ?? false) {
+        if let refusal = broker.admission.admit(
+            identity: principal.identityID, on: listener, replacing: replacing ?? false)
+        {
             let counter =
-                refusal == .maximumConnections
-                ? broker.statistics.refusedOverConnectionLimit : broker.statistics.refusedOverIdentityLimit
+                switch refusal {
+                case .maximumConnections: broker.statistics.refusedOverConnectionLimit
+                case .maximumListenerConnections: broker.statistics.refusedOverListenerLimit
+                case .maximumConnectionsPerIdentity: broker.statistics.refusedOverIdentityLimit
+                }
             broker.statistics.add(counter, 1)
             logger.notice(
                 "CONNECT refused: \(refusal.rawValue) reached", metadata: ["identity": "\(principal.identityID)"])
@@ -413,7 +430,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 connection: self
             )
         } catch {
-            broker.admission.release(identity: principal.identityID)
+            broker.admission.release(identity: principal.identityID, on: listener)
             logger.notice(
                 "CONNECT refused: the session belongs to another identity",
                 metadata: ["identity": "\(principal.identityID)"])
@@ -510,7 +527,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private func receivePublish(_ publish: MQTTPacket.Publish, topic: String) {
         guard let attached else { return }
         tally.messagesReceived += 1
-        tally.bytesReceived += publish.payload.readableBytes
         if publishRate?.admit(size: publish.payload.readableBytes, now: eventLoop.now) == false {
             broker.statistics.add(broker.statistics.disconnectedOverPublishRate, 1)
             logger.notice("publish rate limit exceeded")
@@ -534,11 +550,12 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         var code = connection.refusal(of: publish, topic: levels) ?? .success
         if code == .success, !broker.access.mayPublish(attached.principal, topic: levels, decisions: &publishDecisions)
         {
+            broker.statistics.countDrop(.aclRefused)
             code = .notAuthorized
         }
         if code == .success && !isRepeat && broker.isOverMemoryBudget {
             broker.statistics.add(broker.statistics.refusedOverMemoryBudget, 1)
-            broker.statistics.add(broker.statistics.messagesDropped, 1)
+            broker.statistics.countDrop(.memoryBudget)
             code = .quotaExceeded
         }
         var receipt: DeliveryReceipt?
@@ -551,7 +568,11 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 deliveries.pendingReceipt = PendingReceipt(publisher: self)
             }
             deliveries.wroteToStore = false
-            if broker.publish(message, topic: levels, into: &deliveries) == 0 { code = .noMatchingSubscribers }
+            if broker.publish(message, topic: levels, into: &deliveries) == 0 {
+                // A retained message is kept for later subscribers: not a drop.
+                if !publish.retain { broker.statistics.countDrop(.noSubscribers) }
+                code = .noMatchingSubscribers
+            }
             receipt = deliveries.pendingReceipt.receipt
             deliveries.pendingReceipt = PendingReceipt()
             if deliveries.wroteToStore { durable = !(receipt?.routingFinished() ?? false) }
@@ -643,7 +664,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                     guard shared.readableBytes <= maximumPacketSize else { continue }
                     buffer.writeImmutableBuffer(shared)
                     tally.messagesSent += 1
-                    tally.bytesSent += queued.message.payload.readableBytes
                     continue
                 }
                 var publish = queued.message.packet(
@@ -670,25 +690,25 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 // The client knows the alias only once a packet carrying it with the topic went out.
                 if let alias, alias.isNew { connection.outboundTopicAliases.assign(alias.alias, to: publish.topicName) }
                 tally.messagesSent += 1
-                tally.bytesSent += queued.message.payload.readableBytes
             }
         }
         guard buffer.readableBytes > 0 else { return }
+        tally.bytesSent += buffer.readableBytes
         context.write(wrapOutboundOut(buffer), promise: nil)
         flushOrDefer(context)
-        // Drains outside a read cycle (woken by other connections) hand over their counts here,
-        // and tell the publishers of messages dropped as too large.
-        if !inReadCycle {
-            tally.flush(into: broker.statistics)
-            deliveries.take().wake()
-        }
+        // Drains outside a read cycle (woken by other connections) tell the publishers of
+        // messages dropped as too large.
+        if !inReadCycle { deliveries.take().wake() }
     }
 
+    /// Outside a read cycle (a commit released acknowledgements, another connection woke this
+    /// one) the counts go to the shared ones with the flush, as read-complete would hand them.
     private func flushOrDefer(_ context: ChannelHandlerContext) {
         if inReadCycle {
             flushPending = true
         } else {
             context.flush()
+            tally.flush(into: broker.statistics)
         }
     }
 
@@ -705,9 +725,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     private func write(_ packet: MQTTPacket, version: MQTTProtocolVersion, context: ChannelHandlerContext) {
         do {
-            context.write(
-                wrapOutboundOut(try packet.encoded(version: version, allocator: context.channel.allocator)),
-                promise: nil)
+            let bytes = try packet.encoded(version: version, allocator: context.channel.allocator)
+            tally.bytesSent += bytes.readableBytes
+            context.write(wrapOutboundOut(bytes), promise: nil)
         } catch {
             logger.error("could not encode \(packet.type)", metadata: ["error": "\(error)"])
         }
@@ -718,6 +738,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard let context else { return }
         if let bytes = try? packet.encoded(version: connection.version, allocator: context.channel.allocator) {
             let channel = context.channel
+            tally.bytesSent += bytes.readableBytes
             context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
         } else {
             context.close(promise: nil)
@@ -760,7 +781,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard connection.end(), let attached else { return }
         broker.statistics.add(broker.statistics.clientsConnected, -1)
         if connection.version == .v5 { broker.statistics.add(broker.statistics.clientsConnectedV5, -1) }
-        broker.admission.release(identity: attached.principal.identityID)
+        broker.admission.release(identity: attached.principal.identityID, on: listener)
         // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
         deliveries.take().wake()
         tally.flush(into: broker.statistics)

@@ -2,6 +2,21 @@ import Atomics
 import MQTTCore
 public import NIOCore
 
+/// Why a message was not delivered, in `gatehouse_messages_dropped_total{reason}` (EMQX's
+/// `messages.dropped.*` and `delivery.dropped.*`).
+public enum DropReason: String, CaseIterable, Sendable {
+    /// A session's queue (or the store's byte limit) was full.
+    case queueFull = "queue_full"
+    /// Its message expiry interval passed while it waited.
+    case expired
+    /// No subscription matched the PUBLISH.
+    case noSubscribers = "no_subscribers"
+    /// The ACL refused the PUBLISH, or a reloaded ACL no longer lets a queued message be read.
+    case aclRefused = "acl_refused"
+    /// The broker's memory budget for queued messages was spent.
+    case memoryBudget = "memory_budget"
+}
+
 /// Broker-wide counters for `$SYS/broker/…`. Connections add their counts once per read
 /// cycle, not per message, so the shared atomics stay off the per-message path.
 public final class BrokerStatistics: Sendable {
@@ -11,13 +26,15 @@ public final class BrokerStatistics: Sendable {
     let clientsConnectedV5 = ManagedAtomic<Int>(0)
     let messagesReceived = ManagedAtomic<Int>(0)
     let messagesSent = ManagedAtomic<Int>(0)
-    let messagesDropped = ManagedAtomic<Int>(0)
+    /// One counter per `DropReason`, in its order.
+    private let dropped = DropReason.allCases.map { _ in ManagedAtomic<Int>(0) }
     let bytesReceived = ManagedAtomic<Int>(0)
     let bytesSent = ManagedAtomic<Int>(0)
     let authorizationRejections = ManagedAtomic<Int>(0)
     let aclReloadFailures = ManagedAtomic<Int>(0)
     let refusedOverConnectionLimit = ManagedAtomic<Int>(0)
     let refusedOverIdentityLimit = ManagedAtomic<Int>(0)
+    let refusedOverListenerLimit = ManagedAtomic<Int>(0)
     let disconnectedOverPublishRate = ManagedAtomic<Int>(0)
     /// What every session's queued and in-flight messages hold (`QueuedMessage.storedSize`).
     let queuedBytes = ManagedAtomic<Int>(0)
@@ -32,7 +49,9 @@ public final class BrokerStatistics: Sendable {
         public var clientsConnectedV5: Int
         public var messagesReceived: Int
         public var messagesSent: Int
-        public var messagesDropped: Int
+        public var droppedByReason: [DropReason: Int]
+        /// Every drop, whatever its reason.
+        public var messagesDropped: Int { droppedByReason.values.reduce(0, +) }
         public var bytesReceived: Int
         public var bytesSent: Int
         /// PUBLISH, SUBSCRIBE and Will topics the ACL refused, and subscriptions a reload removed.
@@ -42,6 +61,8 @@ public final class BrokerStatistics: Sendable {
         /// CONNECTs refused by `maximumConnections` and by `maximumConnectionsPerIdentity`.
         public var refusedOverConnectionLimit: Int
         public var refusedOverIdentityLimit: Int
+        /// CONNECTs refused by a listener's own `max_connections`.
+        public var refusedOverListenerLimit: Int
         /// Connections ended for publishing faster than `maximumPublishRate` or `maximumPublishBytesRate`.
         public var disconnectedOverPublishRate: Int
         public var queuedBytes: Int
@@ -55,13 +76,15 @@ public final class BrokerStatistics: Sendable {
             clientsConnectedV5: clientsConnectedV5.load(ordering: .relaxed),
             messagesReceived: messagesReceived.load(ordering: .relaxed),
             messagesSent: messagesSent.load(ordering: .relaxed),
-            messagesDropped: messagesDropped.load(ordering: .relaxed),
+            droppedByReason: Dictionary(
+                uniqueKeysWithValues: zip(DropReason.allCases, dropped.map { $0.load(ordering: .relaxed) })),
             bytesReceived: bytesReceived.load(ordering: .relaxed),
             bytesSent: bytesSent.load(ordering: .relaxed),
             authorizationRejections: authorizationRejections.load(ordering: .relaxed),
             aclReloadFailures: aclReloadFailures.load(ordering: .relaxed),
             refusedOverConnectionLimit: refusedOverConnectionLimit.load(ordering: .relaxed),
             refusedOverIdentityLimit: refusedOverIdentityLimit.load(ordering: .relaxed),
+            refusedOverListenerLimit: refusedOverListenerLimit.load(ordering: .relaxed),
             disconnectedOverPublishRate: disconnectedOverPublishRate.load(ordering: .relaxed),
             queuedBytes: queuedBytes.load(ordering: .relaxed),
             refusedOverMemoryBudget: refusedOverMemoryBudget.load(ordering: .relaxed)
@@ -70,6 +93,10 @@ public final class BrokerStatistics: Sendable {
 
     /// An ACL reload the file's errors refused.
     public func countACLReloadFailure() { add(aclReloadFailures, 1) }
+
+    func countDrop(_ reason: DropReason, _ amount: Int = 1) {
+        if let index = DropReason.allCases.firstIndex(of: reason) { add(dropped[index], amount) }
+    }
 
     func add(_ counter: ManagedAtomic<Int>, _ amount: Int) {
         if amount != 0 { counter.wrappingIncrement(by: amount, ordering: .relaxed) }

@@ -539,6 +539,7 @@ public final class Session: @unchecked Sendable {
             }
             while let next = queue.first {
                 if next.message.hasExpired(at: now) {
+                    statistics?.countDrop(.expired)
                     queue.removeFirst()
                     forgetDeliveryLocked(next)
                     releaseLocked(next)
@@ -563,7 +564,7 @@ public final class Session: @unchecked Sendable {
 
     private func recordDrop() {
         droppedMessages += 1
-        if let statistics { statistics.add(statistics.messagesDropped, 1) }
+        statistics?.countDrop(.queueFull)
     }
 
     private func allocatePacketIdentifier() -> UInt16 {

@@ -120,10 +120,13 @@ public struct ServerConfiguration: Sendable, Equatable {
     public struct ListenerOptions: Sendable, Equatable {
         public var address: ListenAddress
         public var tls: TLSOptions
+        /// Clients this listener holds at most, within `limits.max_connections`; 0: no own limit.
+        public var maxConnections: Int
 
-        public init(address: ListenAddress, tls: TLSOptions = TLSOptions()) {
+        public init(address: ListenAddress, tls: TLSOptions = TLSOptions(), maxConnections: Int = 0) {
             self.address = address
             self.tls = tls
+            self.maxConnections = maxConnections
         }
     }
 
@@ -178,8 +181,11 @@ public struct ServerConfiguration: Sendable, Equatable {
         var usesDevelopmentCertificates = false
         let enrollmentCA = enrollment.enabled ? [enrollmentAuthorityFiles.certificate] : []
         let listeners = listeners.map { options -> MQTTServer.Listener in
-            guard options.address.kind.usesTLS else { return MQTTServer.Listener(address: options.address) }
+            guard options.address.kind.usesTLS else {
+                return MQTTServer.Listener(address: options.address, maximumConnections: options.maxConnections)
+            }
             var listener = resolvedListener(options)
+            listener.maximumConnections = options.maxConnections
             // Devices enrolled by the built-in CA connect on every listener that asks for certificates.
             if listener.tls?.clientCertificates != TLSSettings.ClientCertificates.none {
                 listener.tls?.additionalClientCAFiles = enrollmentCA
@@ -545,7 +551,7 @@ extension ServerConfiguration.Limits {
 private struct NodeReader {
     let file: String
 
-    private static let listenerKeys = ["url", "tls"]
+    private static let listenerKeys = ["url", "tls", "max_connections"]
     private static let tlsKeys = ["certificate", "key", "key_password", "client_ca", "crl", "client_certificates"]
 
     enum AnyListener {
@@ -586,11 +592,15 @@ private struct NodeReader {
         var address: ListenAddress?
         var tls = ServerConfiguration.TLSOptions()
         var tlsNode: Node?
+        var maxConnections = 0
         for (keyNode, value) in try mapping(node, "a listener") {
             switch try key(keyNode, allowed: Self.listenerKeys, section: "listeners") {
             case "url":
                 // An HTTP listener's URL was read by the caller; this reads only its `tls`.
                 address = httpURL ? ListenAddress(kind: .tls, host: "-", port: 0) : try self.address(value)
+            case "max_connections":
+                guard !httpURL else { throw error(at: keyNode, "'max_connections' belongs to MQTT listeners") }
+                maxConnections = try int(value, "max_connections", in: 0...10_000_000)
             default:
                 tlsNode = value
                 for (tlsKey, tlsValue) in try mapping(value, "'tls'") {
@@ -622,7 +632,7 @@ private struct NodeReader {
                     at: tlsNode, "'tls' needs both 'certificate' and 'key', or neither (development certificates)")
             }
         }
-        return .mqtt(ServerConfiguration.ListenerOptions(address: address, tls: tls))
+        return .mqtt(ServerConfiguration.ListenerOptions(address: address, tls: tls, maxConnections: maxConnections))
     }
 
     private func address(_ node: Node) throws(ConfigurationError) -> ListenAddress {

@@ -26,14 +26,17 @@ public final class MQTTServer: Service {
         }
     }
 
-    /// One listener: where it binds and, for mqtts and wss, its TLS files.
+    /// One listener: where it binds, for mqtts and wss its TLS files, and how many clients
+    /// it holds at most (0: only the broker-wide limit applies).
     public struct Listener: Sendable, Equatable {
         public var address: ListenAddress
         public var tls: TLSSettings?
+        public var maximumConnections: Int
 
-        public init(address: ListenAddress, tls: TLSSettings? = nil) {
+        public init(address: ListenAddress, tls: TLSSettings? = nil, maximumConnections: Int = 0) {
             self.address = address
             self.tls = tls
+            self.maximumConnections = maximumConnections
         }
     }
 
@@ -53,6 +56,13 @@ public final class MQTTServer: Service {
     public var isListening: Bool { listening.withLockedValue { $0 } }
     /// One per TLS listener, in listener order, so that SIGHUP can swap their contexts.
     private let tlsContexts: [TLSContextHolder?]
+    /// One per listener, in listener order.
+    private let connections: [ListenerConnections]
+
+    /// Each bound listener with its connected clients, for `gatehouse_connections_by_listener`.
+    public var connectionsByListener: [(listener: ListenAddress, connected: Int)] {
+        zip(boundListeners, connections).map { ($0, $1.count) }
+    }
 
     /// Loads every TLS listener's files now, so that a broken file stops the start with its name.
     public init(
@@ -86,6 +96,7 @@ public final class MQTTServer: Service {
             throw TLSSetupError(description: "listener \(listener.address) needs TLS settings")
         }
         self.tlsContexts = contexts
+        self.connections = configuration.listeners.map { ListenerConnections(maximum: $0.maximumConnections) }
     }
 
     /// Re-reads every TLS listener's files (SIGHUP). A listener whose files fail keeps its old
@@ -111,8 +122,8 @@ public final class MQTTServer: Service {
     public func run() async throws {
         var channels: [any Channel] = []
         do {
-            for (listener, tls) in zip(configuration.listeners, tlsContexts) {
-                let channel = try await bind(listener.address, tls: tls)
+            for ((listener, tls), connections) in zip(zip(configuration.listeners, tlsContexts), connections) {
+                let channel = try await bind(listener.address, tls: tls, connections: connections)
                 channels.append(channel)
                 var address = listener.address
                 address.port = channel.localAddress?.port ?? address.port
@@ -152,7 +163,9 @@ public final class MQTTServer: Service {
         )
     }
 
-    private func bind(_ listener: ListenAddress, tls: TLSContextHolder?) async throws -> any Channel {
+    private func bind(
+        _ listener: ListenAddress, tls: TLSContextHolder?, connections: ListenerConnections
+    ) async throws -> any Channel {
         let limits = configuration.limits
         var listenerLogger = self.logger
         listenerLogger[metadataKey: "listener"] = "\(listener.kind.rawValue)"
@@ -182,7 +195,7 @@ public final class MQTTServer: Service {
                         PendingConnectHandler(pending: pendingConnects, id: pendingID))
                     try channel.pipeline.syncOperations.configureListenerPipeline(
                         channel: channel, listener: listener, tls: tls?.context, broker: broker, limits: limits,
-                        logger: logger)
+                        connections: connections, logger: logger)
                 }
             }
             .bind(host: listener.host, port: listener.port)

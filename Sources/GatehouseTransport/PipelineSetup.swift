@@ -57,13 +57,18 @@ extension ChannelPipeline.SynchronousOperations {
         eventLoop: any EventLoop,
         limits: MQTTConnectionLimits,
         clientCertificate: ClientCertificate? = nil,
+        connections: ListenerConnections? = nil,
         logger: Logger
     ) throws {
-        try addHandler(ByteToMessageHandler(MQTTFrameDecoder(maximumPacketSize: limits.maximumPacketSize)))
+        let framedBytes = MQTTByteCount()
+        try addHandler(
+            ByteToMessageHandler(
+                MQTTFrameDecoder(maximumPacketSize: limits.maximumPacketSize, framedBytes: framedBytes)))
         try addHandler(
             BrokerConnectionHandler(
                 broker: broker, eventLoop: eventLoop, connectTimeout: limits.connectTimeout,
-                clientCertificate: clientCertificate, logger: logger))
+                clientCertificate: clientCertificate, inboundBytes: framedBytes, listener: connections,
+                logger: logger))
     }
 
     /// The whole pipeline of a connection accepted on `listener`: TLS (mqtts, wss), then the
@@ -74,6 +79,7 @@ extension ChannelPipeline.SynchronousOperations {
         tls: TLSServerContext?,
         broker: Broker,
         limits: MQTTConnectionLimits,
+        connections: ListenerConnections? = nil,
         logger: Logger
     ) throws {
         let eventLoop = self.eventLoop
@@ -83,11 +89,11 @@ extension ChannelPipeline.SynchronousOperations {
             if let path {
                 try channel.pipeline.syncOperations.configureWebSocketUpgrade(
                     path: path, broker: broker, limits: limits, deadline: deadline, clientCertificate: certificate,
-                    logger: logger)
+                    connections: connections, logger: logger)
             } else {
                 try channel.pipeline.syncOperations.configureMQTTServerPipeline(
                     broker: broker, eventLoop: eventLoop, limits: limits.remaining(until: deadline, on: eventLoop),
-                    clientCertificate: certificate, logger: logger)
+                    clientCertificate: certificate, connections: connections, logger: logger)
             }
         }
         guard let tls else {
@@ -126,6 +132,7 @@ extension ChannelPipeline.SynchronousOperations {
         limits: MQTTConnectionLimits,
         deadline: NIODeadline,
         clientCertificate: ClientCertificate?,
+        connections: ListenerConnections?,
         logger: Logger
     ) throws {
         // A frame may carry the largest packet plus the WebSocket header.
@@ -143,7 +150,7 @@ extension ChannelPipeline.SynchronousOperations {
                     try operations.configureMQTTServerPipeline(
                         broker: broker, eventLoop: channel.eventLoop,
                         limits: limits.remaining(until: deadline, on: channel.eventLoop),
-                        clientCertificate: clientCertificate, logger: logger)
+                        clientCertificate: clientCertificate, connections: connections, logger: logger)
                 }
             }
         )

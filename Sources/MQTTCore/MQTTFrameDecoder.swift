@@ -10,23 +10,38 @@ public struct MQTTFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     public var parser: MQTTPacketParser
     public let maximumPacketSize: Int
+    /// Where the bytes of every framed packet are added up, for whoever reports wire traffic.
+    public let framedBytes: MQTTByteCount?
 
     public init(
         parser: MQTTPacketParser = MQTTPacketParser(),
-        maximumPacketSize: Int = MQTTFrameDecoder.protocolMaximumPacketSize
+        maximumPacketSize: Int = MQTTFrameDecoder.protocolMaximumPacketSize,
+        framedBytes: MQTTByteCount? = nil
     ) {
         self.parser = parser
         self.maximumPacketSize = maximumPacketSize
+        self.framedBytes = framedBytes
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> MQTTPacket? {
-        try parser.parse(from: &buffer, maximumPacketSize: maximumPacketSize)
+        let before = buffer.readableBytes
+        let packet = try parser.parse(from: &buffer, maximumPacketSize: maximumPacketSize)
+        framedBytes?.value += before - buffer.readableBytes
+        return packet
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MQTTPacket? {
         // A partial packet at EOF is dropped with the connection; there is nobody to answer.
         try decode(buffer: &buffer)
     }
+}
+
+/// A running byte count that a decoder adds to and its connection's handler reads, both on
+/// the connection's event loop.
+public final class MQTTByteCount {
+    public var value = 0
+
+    public init() {}
 }
 
 /// Encodes packets for a connection whose protocol version is fixed (clients, tests). The

@@ -57,13 +57,15 @@ func makeEnhancedAuthenticator(
 ) -> any EnhancedAuthenticator {
     let methods = EnhancedAuthenticators(
         settings.authentication.enhancedMethods.map { method -> any EnhancedAuthenticator in
-            switch method {
-            case "GH-TOKEN":
-                PasswordLikeMethod(method: method, authenticator: TokenAuthenticator(store: store, logger: logger))
-            case "GH-JWT":
-                PasswordLikeMethod(method: method, authenticator: JWTAuthenticator(store: store, logger: logger))
-            default: SCRAMAuthenticator(store: store, logger: logger)
-            }
+            let member: any EnhancedAuthenticator =
+                switch method {
+                case "GH-TOKEN":
+                    PasswordLikeMethod(method: method, authenticator: TokenAuthenticator(store: store, logger: logger))
+                case "GH-JWT":
+                    PasswordLikeMethod(method: method, authenticator: JWTAuthenticator(store: store, logger: logger))
+                default: SCRAMAuthenticator(store: store, logger: logger)
+                }
+            return CountedEnhancedAuthenticator(member)
         })
     guard let throttle = authenticator as? ThrottledAuthenticator else { return methods }
     return ThrottledEnhancedAuthenticator(methods, sharing: throttle)

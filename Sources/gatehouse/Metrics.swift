@@ -31,7 +31,10 @@ final class BrokerMetrics: Sendable {
     private let openDescriptors = Gauge(label: "gatehouse_process_open_fds")
     private let messagesReceived = Counter(label: "gatehouse_messages_received_total")
     private let messagesSent = Counter(label: "gatehouse_messages_sent_total")
-    private let messagesDropped = Counter(label: "gatehouse_messages_dropped_total")
+    private let messagesDropped = Dictionary(
+        uniqueKeysWithValues: DropReason.allCases.map {
+            ($0, Counter(label: "gatehouse_messages_dropped_total", dimensions: [("reason", $0.rawValue)]))
+        })
     private let bytesReceived = Counter(label: "gatehouse_bytes_received_total")
     private let bytesSent = Counter(label: "gatehouse_bytes_sent_total")
     private let authorizationRefused = Counter(label: "gatehouse_authorization_refused_total")
@@ -45,6 +48,8 @@ final class BrokerMetrics: Sendable {
         label: "gatehouse_publishes_refused_total", dimensions: [("reason", "memory_budget")])
     private let disconnectedOverPublishRate = Counter(
         label: "gatehouse_disconnects_total", dimensions: [("reason", "message_rate_too_high")])
+    private let refusedOverListenerLimit = Counter(
+        label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections_per_listener")])
     private let refusedOverIdentityLimit = Counter(
         label: "gatehouse_connections_refused_total", dimensions: [("reason", "max_connections_per_identity")])
     private let aclReloadsOK = Counter(label: "gatehouse_acl_reloads_total", dimensions: [("result", "ok")])
@@ -78,7 +83,8 @@ final class BrokerMetrics: Sendable {
     }
 
     /// Brings every metric up to date and renders the registry in the Prometheus text format.
-    func scrape(_ broker: Broker, pendingConnects: PendingConnects) -> [UInt8] {
+    func scrape(_ broker: Broker, server: MQTTServer) -> [UInt8] {
+        let pendingConnects = server.pendingConnects
         let counts = broker.statistics.snapshot
         let closedAtLimit = pendingConnects.closedAtLimit
         let (previous, previousClosed) = lastCounts.withLock { last in
@@ -93,18 +99,27 @@ final class BrokerMetrics: Sendable {
         }
         carry(messagesReceived, \.messagesReceived)
         carry(messagesSent, \.messagesSent)
-        carry(messagesDropped, \.messagesDropped)
+        for (reason, counter) in messagesDropped {
+            let increase = counts.droppedByReason[reason, default: 0] - (previous?.droppedByReason[reason] ?? 0)
+            if increase > 0 { counter.increment(by: increase) }
+        }
         carry(bytesReceived, \.bytesReceived)
         carry(bytesSent, \.bytesSent)
         carry(authorizationRefused, \.authorizationRejections)
         carry(refusedOverConnectionLimit, \.refusedOverConnectionLimit)
         carry(refusedOverIdentityLimit, \.refusedOverIdentityLimit)
+        carry(refusedOverListenerLimit, \.refusedOverListenerLimit)
         carry(disconnectedOverPublishRate, \.disconnectedOverPublishRate)
         carry(refusedOverMemoryBudget, \.refusedOverMemoryBudget)
         queuedBytes.record(counts.queuedBytes)
         connections.record(counts.clientsConnected)
         connectionsV5.record(counts.clientsConnectedV5)
         connectionsV311.record(counts.clientsConnected - counts.clientsConnectedV5)
+        for (listener, connected) in server.connectionsByListener {
+            // The factory hands back the same gauge for the same label and dimensions.
+            Gauge(label: "gatehouse_connections_by_listener", dimensions: [("listener", "\(listener)")])
+                .record(connected)
+        }
         let sessions = broker.sessionCounts()
         connectedSessions.record(sessions.connected)
         offlineSessions.record(sessions.offline)
@@ -153,5 +168,43 @@ struct CountedAuthenticator: Authenticator {
         case .skipped: break
         }
         return outcome
+    }
+}
+
+/// An MQTT 5 enhanced method, its outcomes counted in `gatehouse_connects_total{method, result}`
+/// under the method's name (`SCRAM-SHA-256`, `GH-TOKEN`, …) however many AUTH rounds it took.
+/// Re-authentications count too: each is a decision on a credential.
+struct CountedEnhancedAuthenticator: EnhancedAuthenticator {
+    let member: any EnhancedAuthenticator
+
+    init(_ member: any EnhancedAuthenticator) { self.member = member }
+
+    var methods: Set<String> { member.methods }
+
+    func start(method: String, data: [UInt8], credentials: ConnectCredentials) async -> EnhancedAuthenticationStep {
+        Self.count(await member.start(method: method, data: data, credentials: credentials), method: method)
+    }
+
+    /// Counts a final step; a challenge's continuation counts the step that ends the exchange.
+    static func count(_ step: EnhancedAuthenticationStep, method: String) -> EnhancedAuthenticationStep {
+        let result: String
+        switch step {
+        case .accepted: result = "accepted"
+        case .rejected: result = "refused"
+        case .challenge(let data, let next):
+            return .challenge(data: data, next: Continuation(next: next, method: method))
+        }
+        // Only names the member answers reach here, so the label's values stay few.
+        Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", result)]).increment()
+        return step
+    }
+
+    private struct Continuation: EnhancedAuthenticationContinuation {
+        let next: any EnhancedAuthenticationContinuation
+        let method: String
+
+        func respond(_ data: [UInt8]) async -> EnhancedAuthenticationStep {
+            CountedEnhancedAuthenticator.count(await next.respond(data), method: method)
+        }
     }
 }

@@ -244,7 +244,7 @@ struct Serve: AsyncParsableCommand {
                     ],
                     operatorEndpoints: OperatorEndpoints(
                         tokenRequiredFromLoopback: settings.http.metricsRequireToken,
-                        metrics: { metrics.scrape(broker, pendingConnects: server.pendingConnects) },
+                        metrics: { metrics.scrape(broker, server: server) },
                         status: {
                             StatusReport(
                                 broker: broker, store: store, acl: aclState, server: server,

@@ -44,6 +44,9 @@ final class TestConnection {
     private var parser: MQTTPacketParser
     /// Written bytes not yet parsed: one write may hold several packets.
     private var unread = ByteBuffer()
+    /// Bytes this client has sent, and read of what the broker wrote.
+    private(set) var bytesSent = 0
+    private(set) var bytesRead = 0
 
     init(broker: Broker, version: MQTTProtocolVersion = .v5, connectTimeout: TimeAmount = .seconds(10)) async throws {
         let channel = NIOAsyncTestingChannel()
@@ -51,21 +54,26 @@ final class TestConnection {
         self.version = version
         self.parser = MQTTPacketParser(protocolVersion: version)
         try await channel.testingEventLoop.executeInContext {
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MQTTFrameDecoder()))
+            let framedBytes = MQTTByteCount()
+            try channel.pipeline.syncOperations.addHandler(
+                ByteToMessageHandler(MQTTFrameDecoder(framedBytes: framedBytes)))
             try channel.pipeline.syncOperations.addHandler(
                 BrokerConnectionHandler(
                     broker: broker, eventLoop: channel.eventLoop, connectTimeout: connectTimeout,
-                    logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })))
+                    inboundBytes: framedBytes, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+                ))
         }
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).get()
     }
 
     func send(_ packet: MQTTPacket) async throws {
-        try await channel.writeInbound(
-            try packet.encoded(version: packet.type == .connect ? connectVersion(packet) : version))
+        let bytes = try packet.encoded(version: packet.type == .connect ? connectVersion(packet) : version)
+        bytesSent += bytes.readableBytes
+        try await channel.writeInbound(bytes)
     }
 
     func sendBytes(_ bytes: [UInt8]) async throws {
+        bytesSent += bytes.count
         try await channel.writeInbound(ByteBuffer(bytes: bytes))
     }
 
@@ -86,6 +94,7 @@ final class TestConnection {
             if let packet = try parser.parse(from: &unread) { return packet }
             await channel.testingEventLoop.run()
             if var bytes = try await channel.readOutbound(as: ByteBuffer.self) {
+                bytesRead += bytes.readableBytes
                 unread.writeBuffer(&bytes)
                 continue
             }

@@ -212,6 +212,7 @@ struct ConnectionHandlerTests {
         #expect(try await publisher.receive() == .puback(.init(packetIdentifier: 3, reasonCode: .quotaExceeded)))
         try await publisher.send(.publish(.init(topicName: "q", payload: payload)))
         #expect(broker.statistics.snapshot.refusedOverMemoryBudget == 2)
+        #expect(broker.statistics.snapshot.droppedByReason[.memoryBudget] == 2)
 
         let back = try await TestConnection(broker: broker)
         try await back.connect(clientID: "away", cleanStart: false, properties: [.sessionExpiryInterval(300)])
@@ -631,7 +632,11 @@ struct ConnectionHandlerTests {
         let counts = broker.statistics.snapshot
         #expect(counts.clientsConnected == 3)
         #expect(counts.messagesReceived == 1 && counts.messagesSent == 1)
-        #expect(counts.bytesReceived == 5 && counts.bytesSent == 5)
+        // Bytes on the wire: every packet, CONNECTs and SUBSCRIBEs included.
+        let clients = [everything, operations, publisher]
+        #expect(counts.bytesReceived == clients.map(\.bytesSent).reduce(0, +))
+        #expect(counts.bytesSent == clients.map(\.bytesRead).reduce(0, +))
+        #expect(counts.bytesReceived > 3 * 15 && counts.bytesSent > 3 * 5 + 5)
 
         broker.publishSystemTopics(version: "test")
         var seen: [String: String] = [:]

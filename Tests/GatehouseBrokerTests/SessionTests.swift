@@ -71,9 +71,11 @@ struct SessionTests {
         #expect(id == sent[0] && duplicate && released == sent[1])
     }
 
-    @Test("a full queue drops QoS 0 first, and counts every drop")
+    @Test("a full queue drops QoS 0 first, and counts every drop (as queue_full for the broker)")
     func queueLimit() {
-        let session = Session(clientID: "c", principal: principal, expiryInterval: 60, maximumQueuedMessages: 2)
+        let statistics = BrokerStatistics()
+        let session = Session(
+            clientID: "c", principal: principal, expiryInterval: 60, maximumQueuedMessages: 2, statistics: statistics)
         _ = session.attach(RecordingConnection(), principal: principal, receiveMaximum: 1, expiryInterval: 60)
         _ = session.enqueue(message("q0", qos: .atMostOnce))
         _ = session.enqueue(message("q1", qos: .atLeastOnce))
@@ -81,6 +83,10 @@ struct SessionTests {
         _ = session.enqueue(message("late", qos: .atMostOnce))  // dropped: the queue is full
         #expect(session.queuedCount == 2)
         #expect(session.droppedCount == 2)
+        #expect(
+            statistics.snapshot.droppedByReason == [
+                .queueFull: 2, .expired: 0, .noSubscribers: 0, .aclRefused: 0, .memoryBudget: 0,
+            ])
     }
 
     @Test("offline, only QoS 1 and 2 are queued")

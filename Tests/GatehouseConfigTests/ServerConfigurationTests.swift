@@ -17,6 +17,7 @@ struct ServerConfigurationTests {
               - mqtt://[::1]:1884
               - wss://0.0.0.0:8884
               - url: mqtts://0.0.0.0:8883
+                max_connections: 5000
                 tls:
                   certificate: /etc/gatehouse/server.pem
                   key: /etc/gatehouse/server.key
@@ -47,8 +48,10 @@ struct ServerConfigurationTests {
                 ListenAddress(kind: .wss, host: "0.0.0.0", port: 8884, path: "/mqtt"),
                 ListenAddress(kind: .tls, host: "0.0.0.0", port: 8883),
             ])
+        #expect(configuration.listeners.map(\.maxConnections) == [0, 0, 0, 5000])
         #expect(configuration.dataDirectory == "/var/lib/gatehouse")
         let resolved = configuration.resolvedListeners()
+        #expect(resolved.listeners.map(\.maximumConnections) == [0, 0, 0, 5000])
         #expect(resolved.usesDevelopmentCertificates)  // the wss listener names no files
         // Both ask for client certificates, so both also trust the enrollment CA (the development CA here).
         var development = TLSSettings(
@@ -290,6 +293,14 @@ struct ServerConfigurationTests {
             ),
             ("listeners:\n  - url: wss://x:1\n    tls: {cert: c}", "g.yaml:3:11: unknown key 'cert' in 'tls'"),
             ("listeners: []", "g.yaml:1:12: 'listeners' needs at least one URL"),
+            (
+                "listeners:\n  - url: mqtt://x:1\n    max_connections: lots",
+                "g.yaml:3:22: 'max_connections' must be a whole number"
+            ),
+            (
+                "listeners:\n  - mqtt://x:1\n  - url: http://x:2\n    max_connections: 5",
+                "g.yaml:4:5: 'max_connections' belongs to MQTT listeners"
+            ),
             ("authentication:\n  methods: [token, ldap]", "g.yaml:2:20: 'ldap' is not a method, or is listed twice"),
             ("authentication:\n  methods: [token, token]", "g.yaml:2:20: 'token' is not a method, or is listed twice"),
             (

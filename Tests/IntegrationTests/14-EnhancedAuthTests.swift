@@ -9,8 +9,10 @@ struct EnhancedAuthTests {
         .appendingPathComponent("Clients/enhanced_auth.py").path
 
     /// A broker with devices `sensor-1` and `sensor-2` in tenant acme.
-    private func startBroker(_ arguments: [String] = []) async throws -> BrokerProcess {
-        let broker = try BrokerProcess(arguments: ["--acl", devicesMayUseEverything] + arguments)
+    private func startBroker(_ arguments: [String] = [], withHTTP: Bool = false) async throws -> BrokerProcess {
+        let broker = try BrokerProcess(
+            arguments: ["--acl", devicesMayUseEverything] + arguments,
+            listeners: ["mqtt://127.0.0.1:0"] + (withHTTP ? ["http://127.0.0.1:0"] : []))
         try await broker.waitUntilListening()
         for command in [
             ["tenant", "add", "acme"],
@@ -33,9 +35,11 @@ struct EnhancedAuthTests {
         return result.output
     }
 
-    @Test("SCRAM: the right password connects and the server proves it holds the verifier; the rest get 0x87 or 0x8C")
+    @Test(
+        "SCRAM: the right password connects and the server proves it holds the verifier; the rest get 0x87 or 0x8C; /metrics counts both"
+    )
     func scram() async throws {
-        let broker = try await startBroker()
+        let broker = try await startBroker(withHTTP: true)
         try await iam(broker, ["password", "set", "sensor-1"], input: "pencil sharpener\n")
         try await client(broker, ["scram", "sensor-1", "pencil sharpener", "00"])
         // A wrong password and an unknown user get the same answer.
@@ -49,6 +53,15 @@ struct EnhancedAuthTests {
         let token = try await iam(broker, ["token", "create", "sensor-2"])
         try await client(broker, ["auth-v311", "sensor-2", token])
         try await broker.waitForLog("SCRAM refused")
+        let http = try #require(broker.ports["http"])
+        let metrics = try await runTool("curl", ["-sS", "http://127.0.0.1:\(http)/metrics"])
+        let counted = metrics.output.split(separator: "\n").filter { $0.contains("method=\"SCRAM-SHA-256\"") }
+        // Accepted: the first connect, and the connect and re-authentication of scram-reauth.
+        #expect(
+            counted.contains("gatehouse_connects_total{method=\"SCRAM-SHA-256\",result=\"accepted\"} 3"),
+            "\(counted)")
+        #expect(
+            counted.contains { $0.hasPrefix("gatehouse_connects_total{method=\"SCRAM-SHA-256\",result=\"refused\"}") })
         #expect(try await broker.stop() == 0)
     }
 

@@ -55,6 +55,45 @@ struct MetricsTests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test("a listener's own max_connections: its second client gets Quota exceeded while another listener accepts")
+    func listenerConnectionLimit() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("broker-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let config = directory.appendingPathComponent("gatehouse.yaml")
+        try """
+        listeners:
+          - url: mqtt://127.0.0.1:0
+            max_connections: 1
+          - mqtt://127.0.0.1:0
+          - http://127.0.0.1:0
+        allow_anonymous: true
+        sys_interval: 0
+        """.write(to: config, atomically: true, encoding: .utf8)
+        let broker = try BrokerProcess(arguments: ["--config", config.path], listeners: [], listenerCount: 3)
+        try await broker.waitUntilListening()
+        // The MQTT listeners bind in the order declared.
+        let mqttPorts = broker.log.matches(of: /listening on mqtt:\/\/127\.0\.0\.1:(\d+)/).map { String($0.1) }
+        try #require(mqttPorts.count == 2, "\(broker.log)")
+        let holder = try RunningTool("mosquitto_sub", ["-p", mqttPorts[0], "-V", "mqttv5", "-t", "held", "-d"])
+        try await holder.waitForOutput("received SUBACK")
+        let refused = try await runTool("mosquitto_pub", ["-p", mqttPorts[0], "-V", "mqttv5", "-t", "a", "-m", "b"])
+        #expect(refused.status != 0 && refused.output.contains("Quota exceeded"), "\(refused.output)")
+        let accepted = try await runTool("mosquitto_pub", ["-p", mqttPorts[1], "-V", "mqttv5", "-t", "a", "-m", "b"])
+        #expect(accepted.status == 0, "\(accepted.output)")
+        let http = try #require(broker.ports["http"])
+        let metrics = try await runTool("curl", ["-sS", "http://127.0.0.1:\(http)/metrics"])
+        #expect(
+            metrics.output.contains("gatehouse_connections_refused_total{reason=\"max_connections_per_listener\"} 1"),
+            "\(metrics.output)")
+        #expect(
+            metrics.output.contains(
+                "gatehouse_connections_by_listener{listener=\"mqtt://127.0.0.1:\(mqttPorts[0])\"} 1"),
+            "\(metrics.output)")
+        holder.kill(SIGKILL)
+        #expect(try await broker.stop() == 0)
+    }
+
     @Test("10,000 silent sockets: a real client still connects within 1 s; the oldest past the limit are closed")
     func silentSockets() async throws {
         let (broker, directory) = try startBroker(environment: ["GATEHOUSE_LIMITS__MAX_PENDING_CONNECTS": "2000"])
