@@ -1,12 +1,13 @@
 import MQTTCore
 import NIOCore
+import Synchronization
 
 /// One load-generating client: CONNECT, then SUBSCRIBE for a subscriber, then (when the run
 /// starts) PUBLISH for a publisher, acknowledging and counting what comes back. Publishes are
 /// written from a pre-encoded frame with the timestamp, sequence and packet identifier
 /// patched in, so that the generator costs little per message.
 final class BenchClientHandler: ChannelInboundHandler {
-    typealias InboundIn = MQTTPacket
+    typealias InboundIn = BenchInbound
     typealias OutboundOut = ByteBuffer
 
     enum Role { case idle, publisher, subscriber }
@@ -35,12 +36,23 @@ final class BenchClientHandler: ChannelInboundHandler {
     private var inflightLimit: Int
     private var nextPacketIdentifier: UInt16 = 0
     private var pacing: RepeatedTask?
-    private var needsFlush = false
     private var pumpScheduled = false
+    /// What is to be written at the end of this read cycle or publishing burst: one write
+    /// and one flush for many packets.
+    private var outgoing: ByteBuffer?
+    /// Counts and latencies since the last hand-over to the recorder (one lock per burst).
+    private var pending = PendingCounts()
+    /// pubsub: the end-to-end window (a publisher's own, or the one a subscriber reports to).
+    private let deliveryWindow: DeliveryWindow?
+    private var publisherWindow: PublisherWindow?
+    private var stallCheck: Scheduled<Void>?
 
     init(
-        role: Role, number: Int, plan: BenchPlan, recorder: BenchRecorder, ready: EventLoopPromise<Void>
+        role: Role, number: Int, plan: BenchPlan, recorder: BenchRecorder, ready: EventLoopPromise<Void>,
+        window: DeliveryWindow? = nil
     ) {
+        self.deliveryWindow = window
+        self.publisherWindow = role == .publisher ? PublisherWindow(window: window, number: number) : nil
         self.role = role
         self.number = number
         self.clientIdentifier = plan.clientIdentifier(number: number, subscriber: role == .subscriber)
@@ -96,6 +108,28 @@ final class BenchClientHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
+        case .publish(let qos, let packetIdentifier, let sentAt, let publisher):
+            received(qos: qos, packetIdentifier: packetIdentifier, sentAt: sentAt, publisher: publisher)
+        case .acknowledgement(let type, let packetIdentifier, let reasonCode):
+            switch type {
+            case .puback where plan.qos == .atLeastOnce, .pubcomp:
+                acknowledged(packetIdentifier, reasonCode: reasonCode)
+            case .pubrec:
+                if reasonCode >= 0x80 {
+                    acknowledged(packetIdentifier, reasonCode: reasonCode)
+                } else {
+                    writeAcknowledgement(type: .pubrel, packetIdentifier, context: context)
+                }
+            case .pubrel: writeAcknowledgement(type: .pubcomp, packetIdentifier, context: context)
+            default: break
+            }
+        case .packet(let packet):
+            receivedControl(packet, context: context)
+        }
+    }
+
+    private func receivedControl(_ packet: MQTTPacket, context: ChannelHandlerContext) {
+        switch packet {
         case .connack(let connack):
             guard connack.reasonCode.rawValue < 0x80 else {
                 fail("CONNACK \(connack.reasonCode)")
@@ -123,34 +157,37 @@ final class BenchClientHandler: ChannelInboundHandler {
                 return
             }
             becomeReady()
-        case .publish(let publish):
-            received(publish, context: context)
-        case .puback(let ack):
-            guard plan.qos == .atLeastOnce else { return }
-            acknowledged(ack)
-        case .pubrec(let ack):
-            if ack.reasonCode.rawValue >= 0x80 {
-                acknowledged(ack)
-            } else {
-                writeAcknowledgement(type: .pubrel, ack.packetIdentifier, context: context)
-            }
-        case .pubcomp(let ack):
-            acknowledged(ack)
-        case .pubrel(let ack):
-            writeAcknowledgement(type: .pubcomp, ack.packetIdentifier, context: context)
         case .disconnect(let disconnect):
             recorder.record { $0.error("DISCONNECT \(disconnect.reasonCode)") }
-        case .pingresp, .unsuback, .auth, .connect, .subscribe, .unsubscribe, .pingreq:
+        default:
             break
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        flushOutgoing(context)
         context.fireChannelReadComplete()
+    }
+
+    /// The gathering buffer, taken out so that appending to it does not copy it (the copy
+    /// left behind would share its storage).
+    private func takeOutgoing(_ context: ChannelHandlerContext, capacity: Int) -> ByteBuffer {
+        guard let buffer = outgoing else { return context.channel.allocator.buffer(capacity: capacity) }
+        outgoing = nil
+        return buffer
+    }
+
+    /// Writes and flushes what was gathered, and hands the counts to the recorder.
+    private func flushOutgoing(_ context: ChannelHandlerContext) {
+        if let buffer = outgoing {
+            outgoing = nil
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        }
+        if !pending.isEmpty {
+            let counts = pending
+            pending = PendingCounts()
+            recorder.record { counts.apply(to: &$0) }
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -164,6 +201,11 @@ final class BenchClientHandler: ChannelInboundHandler {
         guard role == .publisher, let context, context.channel.isActive else { return }
         running = true
         startedAt = monotonicNanoseconds()
+        if let slot = publisherWindow?.slot {
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let eventLoop = context.eventLoop
+            slot.wake.withLock { $0 = { eventLoop.execute { handler.value.windowOpened() } } }
+        }
         if messagesPerSecond > 0 {
             messagesPerNanosecond = messagesPerSecond / 1e9
             let tick = TimeAmount.nanoseconds(max(1_000_000, Int64(1e9 / messagesPerSecond)))
@@ -180,12 +222,40 @@ final class BenchClientHandler: ChannelInboundHandler {
     func stop() {
         running = false
         pacing?.cancel()
+        stallCheck?.cancel()
+        publisherWindow?.slot.wake.withLock { $0 = nil }
+    }
+
+    private func windowOpened() {
+        stallCheck?.cancel()
+        stallCheck = nil
+        if messagesPerNanosecond > 0 { publishDue() } else { pump() }
+    }
+
+    /// Whether the delivery window lets another message go; while it is shut, a check a second
+    /// later starts it afresh if nothing was delivered meanwhile.
+    private func windowAllows() -> Bool {
+        guard let window = publisherWindow else { return true }
+        if window.mayPublish(sent: Int(sequence)) { return true }
+        guard stallCheck == nil, let context else { return false }
+        let deliveredThen = window.delivered
+        stallCheck = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
+            guard let self else { return }
+            self.stallCheck = nil
+            guard self.running, var window = self.publisherWindow, window.delivered == deliveredThen else { return }
+            window.reset(sent: Int(self.sequence))
+            self.publisherWindow = window
+            self.recorder.record { $0.windowResets += 1 }
+            self.windowOpened()
+        }
+        return false
     }
 
     /// Sends an MQTT DISCONNECT and closes.
     func disconnect() {
         stop()
         guard let context, context.channel.isActive else { return }
+        flushOutgoing(context)
         send(.disconnect(.init()), context: context)
         context.flush()
         // Closing on purpose is not counted as the broker's disconnect.
@@ -219,6 +289,7 @@ final class BenchClientHandler: ChannelInboundHandler {
 
     private var mayPublish: Bool {
         running && inflight.count < inflightLimit && (plan.limit == 0 || Int(sequence) < plan.limit)
+            && windowAllows()
     }
 
     private func publishDue() {
@@ -229,7 +300,7 @@ final class BenchClientHandler: ChannelInboundHandler {
             publishOne(context: context)
             sent += 1
         }
-        if sent > 0 { context.flush() }
+        flushOutgoing(context)
     }
 
     /// Writes a batch, then yields the loop to the other clients before the next.
@@ -241,7 +312,7 @@ final class BenchClientHandler: ChannelInboundHandler {
             sent += 1
         }
         guard sent > 0 else { return }
-        context.flush()
+        flushOutgoing(context)
         // QoS 1/2 refill from their acknowledgements; QoS 0 goes on while the socket takes it.
         if plan.qos == .atMostOnce, context.channel.isWritable {
             pumpScheduled = true
@@ -263,49 +334,43 @@ final class BenchClientHandler: ChannelInboundHandler {
             packetIdentifier = nextPacketIdentifier
             inflight[packetIdentifier] = now
         }
-        let buffer = frame.make(
-            allocator: context.channel.allocator, sentAt: now, publisher: UInt32(truncatingIfNeeded: number),
-            sequence: sequence, packetIdentifier: packetIdentifier)
-        context.write(wrapOutboundOut(buffer), promise: nil)
-        recorder.record { $0.published += 1 }
+        var buffer = takeOutgoing(context, capacity: 64 * frame.template.readableBytes)
+        frame.append(
+            to: &buffer, sentAt: now, publisher: UInt32(truncatingIfNeeded: number), sequence: sequence,
+            packetIdentifier: packetIdentifier)
+        outgoing = buffer
+        pending.published += 1
     }
 
-    private func acknowledged(_ ack: MQTTPacket.PublishAcknowledgement) {
-        guard let sentAt = inflight.removeValue(forKey: ack.packetIdentifier) else {
-            recorder.record { $0.error("acknowledgement of unknown packet \(ack.packetIdentifier)") }
+    private func acknowledged(_ packetIdentifier: UInt16, reasonCode: UInt8) {
+        guard let sentAt = inflight.removeValue(forKey: packetIdentifier) else {
+            recorder.record { $0.error("acknowledgement of unknown packet \(packetIdentifier)") }
             return
         }
-        let latency = monotonicNanoseconds() - sentAt
-        let success = ack.reasonCode.rawValue < 0x80
-        recorder.record {
-            if success {
-                $0.acknowledged += 1
-                $0.acknowledgementLatency.record(latency)
-            } else {
+        if reasonCode < 0x80 {
+            pending.acknowledged += 1
+            pending.acknowledgementLatencies.append(monotonicNanoseconds() - sentAt)
+        } else {
+            let code = MQTTReasonCode(rawValue: reasonCode)
+            recorder.record {
                 $0.refused += 1
-                $0.error("publish refused: \(ack.reasonCode)")
+                $0.error("publish refused: \(code)")
             }
         }
         guard let context, running, plan.rate == 0 else { return }
-        while mayPublish, context.channel.isWritable {
-            publishOne(context: context)
-            needsFlush = true
-        }
+        while mayPublish, context.channel.isWritable { publishOne(context: context) }
     }
 
-    private func received(_ publish: MQTTPacket.Publish, context: ChannelHandlerContext) {
+    private func received(qos: MQTTQoS, packetIdentifier: UInt16, sentAt: UInt64?, publisher: UInt32?) {
         let now = monotonicNanoseconds()
-        let sentAt = publish.payload.getInteger(at: publish.payload.readerIndex, as: UInt64.self)
-        recorder.record {
-            $0.received += 1
-            if let sentAt, sentAt <= now, publish.payload.readableBytes >= BenchPayload.headerSize {
-                $0.deliveryLatency.record(now - sentAt)
-            }
-        }
-        switch publish.qos {
+        if let deliveryWindow, let publisher { deliveryWindow.delivered(from: Int(publisher)) }
+        pending.received += 1
+        if let sentAt, sentAt <= now { pending.deliveryLatencies.append(now - sentAt) }
+        guard let context else { return }
+        switch qos {
         case .atMostOnce: break
-        case .atLeastOnce: writeAcknowledgement(type: .puback, publish.packetIdentifier, context: context)
-        case .exactlyOnce: writeAcknowledgement(type: .pubrec, publish.packetIdentifier, context: context)
+        case .atLeastOnce: writeAcknowledgement(type: .puback, packetIdentifier, context: context)
+        case .exactlyOnce: writeAcknowledgement(type: .pubrec, packetIdentifier, context: context)
         }
     }
 
@@ -313,12 +378,11 @@ final class BenchClientHandler: ChannelInboundHandler {
     /// 5.0, which makes the four bytes the same in both versions.
     private func writeAcknowledgement(type: MQTTPacketType, _ packetIdentifier: UInt16, context: ChannelHandlerContext)
     {
-        var buffer = context.channel.allocator.buffer(capacity: 4)
+        var buffer = takeOutgoing(context, capacity: 256)
         buffer.writeInteger(type.rawValue << 4 | type.requiredFlags)
         buffer.writeInteger(UInt8(2))
         buffer.writeInteger(packetIdentifier)
-        context.write(wrapOutboundOut(buffer), promise: nil)
-        needsFlush = true
+        outgoing = buffer
     }
 
     private func send(_ packet: MQTTPacket, context: ChannelHandlerContext) {
@@ -358,15 +422,34 @@ struct PublishFrame {
         packetIdentifierOffset = qos == .atMostOnce ? nil : payloadOffset - 2 - (version == .v5 ? 1 : 0)
     }
 
-    func make(
-        allocator: ByteBufferAllocator, sentAt: UInt64, publisher: UInt32, sequence: UInt32, packetIdentifier: UInt16
-    ) -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: template.readableBytes)
+    /// Appends one message to `buffer`.
+    func append(
+        to buffer: inout ByteBuffer, sentAt: UInt64, publisher: UInt32, sequence: UInt32, packetIdentifier: UInt16
+    ) {
+        let start = buffer.writerIndex
         buffer.writeImmutableBuffer(template)
-        buffer.setInteger(sentAt, at: payloadOffset)
-        buffer.setInteger(publisher, at: payloadOffset + 8)
-        buffer.setInteger(sequence, at: payloadOffset + 12)
-        if let packetIdentifierOffset { buffer.setInteger(packetIdentifier, at: packetIdentifierOffset) }
-        return buffer
+        buffer.setInteger(sentAt, at: start + payloadOffset)
+        buffer.setInteger(publisher, at: start + payloadOffset + 8)
+        buffer.setInteger(sequence, at: start + payloadOffset + 12)
+        if let packetIdentifierOffset { buffer.setInteger(packetIdentifier, at: start + packetIdentifierOffset) }
+    }
+}
+
+/// A client's counts between two hand-overs to its recorder.
+struct PendingCounts {
+    var published = 0
+    var acknowledged = 0
+    var received = 0
+    var deliveryLatencies: [UInt64] = []
+    var acknowledgementLatencies: [UInt64] = []
+
+    var isEmpty: Bool { published == 0 && acknowledged == 0 && received == 0 }
+
+    func apply(to counts: inout BenchCounts) {
+        counts.published += published
+        counts.acknowledged += acknowledged
+        counts.received += received
+        for latency in deliveryLatencies { counts.deliveryLatency.record(latency) }
+        for latency in acknowledgementLatencies { counts.acknowledgementLatency.record(latency) }
     }
 }

@@ -62,6 +62,9 @@ public struct BenchPlan: Sendable {
     public var rate: Double = 0
     /// Unacknowledged QoS 1/2 publishes a publisher may have.
     public var inflight = 16
+    /// pubsub: messages a publisher may have that not every subscriber has received yet
+    /// (`mqttload --window`); 0 for none. Applies with the default filter only.
+    public var deliveryWindow = 64
     /// Messages each publisher sends before it stops; 0 for no limit.
     public var limit = 0
     /// Seconds to run once every client is ready; 0 until interrupted.
@@ -115,6 +118,7 @@ public struct BenchPlan: Sendable {
         if rate < 0 { return "--rate must not be negative" }
         if !(1...65_535).contains(inflight) { return "--inflight must be 1 to 65535" }
         if limit < 0 { return "--limit must not be negative" }
+        if deliveryWindow < 0 { return "--window must not be negative" }
         if duration < 0 { return "--duration must not be negative" }
         if connectConcurrency < 1 { return "--connect-concurrency must be at least 1" }
         if threads < 1 { return "--threads must be at least 1" }

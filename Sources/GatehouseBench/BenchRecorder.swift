@@ -27,6 +27,8 @@ public struct BenchCounts: Sendable, Equatable {
     /// QoS 1/2 publishes the broker refused (a reason code of 0x80 or above).
     public var refused = 0
     public var received = 0
+    /// Times a pubsub publisher's delivery window stayed shut for a second and was started afresh.
+    public var windowResets = 0
     public var errors: [String: Int] = [:]
     /// TCP connect to CONNACK (and SUBACK for subscribers).
     public var connectLatency = LatencyHistogram()
@@ -45,6 +47,7 @@ public struct BenchCounts: Sendable, Equatable {
         acknowledged += other.acknowledged
         refused += other.refused
         received += other.received
+        windowResets += other.windowResets
         errors.merge(other.errors, uniquingKeysWith: +)
         connectLatency.merge(other.connectLatency)
         deliveryLatency.merge(other.deliveryLatency)

@@ -9,6 +9,7 @@ extension BenchCounts {
         window.connected -= earlier.connected
         window.connectFailures -= earlier.connectFailures
         window.disconnects -= earlier.disconnects
+        window.windowResets -= earlier.windowResets
         window.published -= earlier.published
         window.acknowledged -= earlier.acknowledged
         window.refused -= earlier.refused
@@ -92,7 +93,8 @@ public struct BenchSummary: Sendable {
             "connect_seconds": connectSeconds, "seconds": seconds, "published": window.published,
             "received": window.received, "publish_rate": publishRate, "receive_rate": receiveRate,
             "acknowledged": total.acknowledged, "refused": total.refused, "connect_failures": total.connectFailures,
-            "disconnects": total.disconnects, "errors": total.errors, "problems": problems,
+            "disconnects": total.disconnects, "window_resets": total.windowResets, "errors": total.errors,
+            "problems": problems,
             "total_published": total.published, "total_received": total.received,
         ]
         if let lost { object["lost"] = lost }

@@ -33,7 +33,12 @@ public struct BenchRunner: Sendable {
     ) async throws -> BenchSummary {
         let loops = Array(group.makeIterator())
         let recorders = loops.map { _ in BenchRecorder() }
-        let connector = BenchConnector(plan: plan, tls: try plan.tls.map(Self.makeTLSContext), loops: loops)
+        // Every subscriber gets every message only with the default filter.
+        let window =
+            plan.scenario == .pubsub && plan.subscriptionFilter == nil && plan.deliveryWindow > 0
+            ? DeliveryWindow(size: plan.deliveryWindow, publishers: plan.count, subscribers: plan.subscribers) : nil
+        let connector = BenchConnector(
+            plan: plan, tls: try plan.tls.map(Self.makeTLSContext), loops: loops, window: window)
         let runStarted = monotonicNanoseconds()
 
         let subscribers = await connector.connect(
@@ -146,6 +151,7 @@ struct BenchConnector: Sendable {
     let plan: BenchPlan
     let tls: NIOSSLContext?
     let loops: [any EventLoop]
+    let window: DeliveryWindow?
 
     func connect(
         role: BenchClientHandler.Role, count: Int, recorders: [BenchRecorder]
@@ -177,6 +183,7 @@ struct BenchConnector: Sendable {
         let ready = loop.makePromise(of: Void.self)
         let plan = plan
         let tls = tls
+        let window = window
         let serverName = plan.tls?.serverName ?? (Self.isAddress(plan.host) ? nil : plan.host)
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(10))
@@ -188,10 +195,10 @@ struct BenchConnector: Sendable {
                         try pipeline.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
                     }
                     try pipeline.addHandler(
-                        ByteToMessageHandler(
-                            MQTTFrameDecoder(parser: MQTTPacketParser(protocolVersion: plan.protocolVersion))))
+                        ByteToMessageHandler(BenchFrameDecoder(version: plan.protocolVersion)))
                     try pipeline.addHandler(
-                        BenchClientHandler(role: role, number: number, plan: plan, recorder: recorder, ready: ready))
+                        BenchClientHandler(
+                            role: role, number: number, plan: plan, recorder: recorder, ready: ready, window: window))
                 }
             }
         let channel: any Channel

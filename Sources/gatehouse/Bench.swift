@@ -64,6 +64,8 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .customShort("I"), help: "Milliseconds between one publisher's messages (instead of --rate).")
     var interval: Double?
     @Option(help: "Unacknowledged QoS 1/2 publishes per publisher.") var inflight = 16
+    @Option(help: "pubsub: messages per publisher not yet received by every subscriber; 0: no limit.")
+    var window = 64
     @Option(name: .customShort("L"), help: "Messages per publisher (for sub: per subscriber), then stop; 0: none.")
     var limit = 0
     @Option(name: .shortAndLong, help: "Seconds to measure once every client is ready; 0: until interrupted.")
@@ -106,6 +108,7 @@ struct BenchOptions: ParsableArguments {
             plan.rate = rate
         }
         plan.inflight = inflight
+        plan.deliveryWindow = window
         plan.limit = limit
         plan.duration = duration
         plan.username = username

@@ -48,26 +48,69 @@ struct LatencyHistogramTests {
 @Suite("bench publish frame and plan")
 struct BenchPlanTests {
     @Test(
-        "the patched frame parses as the publish it claims", arguments: MQTTProtocolVersion.allCases, MQTTQoS.allCases)
+        "patched frames appended to one buffer parse as the publishes they claim, fully and by the bench's decoder",
+        arguments: MQTTProtocolVersion.allCases, MQTTQoS.allCases)
     func frame(version: MQTTProtocolVersion, qos: MQTTQoS) throws {
         let frame = PublishFrame(topic: "bench/7", qos: qos, payloadSize: 40, version: version)
-        var buffer = frame.make(
-            allocator: ByteBufferAllocator(), sentAt: 0x0102_0304_0506_0708, publisher: 7, sequence: 99,
-            packetIdentifier: 4242)
-        var parser = MQTTPacketParser(protocolVersion: version)
-        let packet = try parser.parse(from: &buffer, maximumPacketSize: 1 << 20)
-        guard case .publish(let publish) = packet else {
-            Issue.record("not a publish: \(String(describing: packet))")
-            return
+        var buffer = ByteBuffer()
+        for sequence: UInt32 in [99, 100] {
+            frame.append(
+                to: &buffer, sentAt: 0x0102_0304_0506_0708, publisher: 7, sequence: sequence,
+                packetIdentifier: UInt16(4142 + sequence))
         }
-        #expect(publish.topicName == "bench/7")
-        #expect(publish.qos == qos)
-        #expect(publish.packetIdentifier == (qos == .atMostOnce ? 0 : 4242))
-        #expect(publish.payload.readableBytes == 40)
-        #expect(publish.payload.getInteger(at: publish.payload.readerIndex, as: UInt64.self) == 0x0102_0304_0506_0708)
-        #expect(publish.payload.getInteger(at: publish.payload.readerIndex + 8, as: UInt32.self) == 7)
-        #expect(publish.payload.getInteger(at: publish.payload.readerIndex + 12, as: UInt32.self) == 99)
+        var decoderInput = buffer
+        var parser = MQTTPacketParser(protocolVersion: version)
+        for sequence: UInt32 in [99, 100] {
+            let packet = try parser.parse(from: &buffer, maximumPacketSize: 1 << 20)
+            guard case .publish(let publish) = packet else {
+                Issue.record("not a publish: \(String(describing: packet))")
+                return
+            }
+            #expect(publish.topicName == "bench/7")
+            #expect(publish.qos == qos)
+            #expect(publish.packetIdentifier == (qos == .atMostOnce ? 0 : UInt16(4142 + sequence)))
+            #expect(publish.payload.readableBytes == 40)
+            #expect(
+                publish.payload.getInteger(at: publish.payload.readerIndex, as: UInt64.self) == 0x0102_0304_0506_0708)
+            #expect(publish.payload.getInteger(at: publish.payload.readerIndex + 8, as: UInt32.self) == 7)
+            #expect(publish.payload.getInteger(at: publish.payload.readerIndex + 12, as: UInt32.self) == sequence)
+        }
         #expect(buffer.readableBytes == 0)
+
+        var decoder = BenchFrameDecoder(version: version)
+        for sequence: UInt32 in [99, 100] {
+            guard
+                case .publish(let decodedQoS, let identifier, let sentAt, let publisher) =
+                    try decoder.decode(buffer: &decoderInput)
+            else {
+                Issue.record("the bench decoder did not read a publish")
+                return
+            }
+            #expect(decodedQoS == qos && sentAt == 0x0102_0304_0506_0708 && publisher == 7)
+            #expect(identifier == (qos == .atMostOnce ? 0 : UInt16(4142 + sequence)))
+        }
+        #expect(decoderInput.readableBytes == 0)
+    }
+
+    @Test("the bench decoder reads acknowledgements in place and hands other packets to the full parser")
+    func decoderAcknowledgements() throws {
+        var decoder = BenchFrameDecoder(version: .v5)
+        var input = ByteBuffer(bytes: [0x40, 0x02, 0x00, 0x05])  // PUBACK 5, success implied
+        input.writeBytes([0x50, 0x03, 0x00, 0x06, 0x97])  // PUBREC 6, Quota exceeded
+        input.writeBytes([0x20, 0x03, 0x00, 0x00, 0x00])  // CONNACK
+        input.writeBytes([0x40, 0x02, 0x00])  // half a PUBACK
+        guard case .acknowledgement(.puback, 5, 0) = try decoder.decode(buffer: &input) else {
+            throw BenchTestFailure("PUBACK")
+        }
+        guard case .acknowledgement(.pubrec, 6, 0x97) = try decoder.decode(buffer: &input) else {
+            throw BenchTestFailure("PUBREC")
+        }
+        guard case .packet(.connack(let connack)) = try decoder.decode(buffer: &input) else {
+            throw BenchTestFailure("CONNACK")
+        }
+        #expect(connack.reasonCode == .success)
+        #expect(try decoder.decode(buffer: &input) == nil)
+        #expect(input.readableBytes == 3)
     }
 
     @Test("topics expand per client; pubsub subscribers get the topic's filter")
@@ -98,4 +141,9 @@ struct BenchPlanTests {
         plan.port = 0
         #expect(plan.validate()?.contains("--port") == true)
     }
+}
+
+struct BenchTestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
