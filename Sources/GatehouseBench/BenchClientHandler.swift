@@ -184,9 +184,8 @@ final class BenchClientHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         }
         if !pending.isEmpty {
-            let counts = pending
-            pending = PendingCounts()
-            recorder.record { counts.apply(to: &$0) }
+            recorder.record { pending.apply(to: &$0) }
+            pending.reset()
         }
     }
 
@@ -444,6 +443,15 @@ struct PendingCounts {
     var acknowledgementLatencies: [UInt64] = []
 
     var isEmpty: Bool { published == 0 && acknowledged == 0 && received == 0 }
+
+    /// Back to zero, keeping the arrays' storage for the next burst.
+    mutating func reset() {
+        published = 0
+        acknowledged = 0
+        received = 0
+        deliveryLatencies.removeAll(keepingCapacity: true)
+        acknowledgementLatencies.removeAll(keepingCapacity: true)
+    }
 
     func apply(to counts: inout BenchCounts) {
         counts.published += published

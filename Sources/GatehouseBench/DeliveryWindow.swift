@@ -30,8 +30,13 @@ final class DeliveryWindow: Sendable {
     /// A subscriber received a message of publisher `number` (from the payload's header).
     func delivered(from number: Int) {
         guard let slot = slot(number) else { return }
-        slot.delivered.add(1, ordering: .relaxed)
-        if slot.waiting.exchange(false, ordering: .acquiringAndReleasing) {
+        // Sequentially consistent with the publisher's store of `waiting` and its load of
+        // `delivered`: one of the two sides sees the other, so no wake-up is lost. A load
+        // first: the read-modify-write is needed only when the publisher waits.
+        slot.delivered.add(1, ordering: .sequentiallyConsistent)
+        if slot.waiting.load(ordering: .sequentiallyConsistent),
+            slot.waiting.exchange(false, ordering: .sequentiallyConsistent)
+        {
             slot.wake.withLock { $0 }?()
         }
     }
@@ -43,7 +48,6 @@ struct PublisherWindow {
     let slot: DeliveryWindow.Slot
     /// Deliveries written off by resets.
     private var forgiven = 0
-    private(set) var resets = 0
 
     init?(window: DeliveryWindow?, number: Int) {
         guard let window, let slot = window.slot(number) else { return nil }
@@ -52,7 +56,7 @@ struct PublisherWindow {
     }
 
     private func isOpen(sent: Int) -> Bool {
-        sent * window.subscribers - slot.delivered.load(ordering: .relaxed) - forgiven
+        sent * window.subscribers - slot.delivered.load(ordering: .sequentiallyConsistent) - forgiven
             < window.size * window.subscribers
     }
 
@@ -60,7 +64,7 @@ struct PublisherWindow {
     /// checked again, so that a delivery between the two is not missed).
     func mayPublish(sent: Int) -> Bool {
         if isOpen(sent: sent) { return true }
-        slot.waiting.store(true, ordering: .releasing)
+        slot.waiting.store(true, ordering: .sequentiallyConsistent)
         guard isOpen(sent: sent) else { return false }
         slot.waiting.store(false, ordering: .relaxed)
         return true
@@ -72,6 +76,5 @@ struct PublisherWindow {
     /// Writes off what is still out: the broker dropped it, or a subscriber does not match.
     mutating func reset(sent: Int) {
         forgiven = sent * window.subscribers - slot.delivered.load(ordering: .relaxed)
-        resets += 1
     }
 }

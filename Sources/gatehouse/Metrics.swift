@@ -33,7 +33,7 @@ final class BrokerMetrics: Sendable {
     private let messagesSent = Counter(label: "gatehouse_messages_sent_total")
     private let messagesDropped = Dictionary(
         uniqueKeysWithValues: DropReason.allCases.map {
-            ($0, Counter(label: "gatehouse_messages_dropped_total", dimensions: [("reason", $0.rawValue)]))
+            ($0, Counter(label: "gatehouse_messages_dropped_total", dimensions: [("reason", $0.label)]))
         })
     private let bytesReceived = Counter(label: "gatehouse_bytes_received_total")
     private let bytesSent = Counter(label: "gatehouse_bytes_sent_total")
@@ -93,16 +93,13 @@ final class BrokerMetrics: Sendable {
         }
         if closedAtLimit > previousClosed { closedAtPendingLimit.increment(by: closedAtLimit - previousClosed) }
         pendingConnections.record(pendingConnects.count)
-        func carry(_ counter: CoreMetrics.Counter, _ value: KeyPath<BrokerStatistics.Snapshot, Int>) {
-            let increase = counts[keyPath: value] - (previous?[keyPath: value] ?? 0)
+        func carry(_ counter: CoreMetrics.Counter, _ value: (BrokerStatistics.Snapshot) -> Int) {
+            let increase = value(counts) - (previous.map(value) ?? 0)
             if increase > 0 { counter.increment(by: increase) }
         }
         carry(messagesReceived, \.messagesReceived)
         carry(messagesSent, \.messagesSent)
-        for (reason, counter) in messagesDropped {
-            let increase = counts.droppedByReason[reason, default: 0] - (previous?.droppedByReason[reason] ?? 0)
-            if increase > 0 { counter.increment(by: increase) }
-        }
+        for (reason, counter) in messagesDropped { carry(counter) { $0.droppedByReason[reason, default: 0] } }
         carry(bytesReceived, \.bytesReceived)
         carry(bytesSent, \.bytesSent)
         carry(authorizationRefused, \.authorizationRejections)
@@ -140,17 +137,26 @@ final class BrokerMetrics: Sendable {
     }
 }
 
+/// `gatehouse_connects_total{method, result}` for one authentication method.
+struct ConnectDecisionCounters {
+    let accepted: CoreMetrics.Counter
+    let refused: CoreMetrics.Counter
+
+    init(method: String) {
+        accepted = Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", "accepted")])
+        refused = Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", "refused")])
+    }
+}
+
 /// One method of the authentication chain, its decisions counted in
 /// `gatehouse_connects_total{method, result}` (accepted or refused; skipped is not counted).
 struct CountedAuthenticator: Authenticator {
     let authenticator: any Authenticator
-    private let accepted: CoreMetrics.Counter
-    private let refused: CoreMetrics.Counter
+    private let counters: ConnectDecisionCounters
 
     init(method: String, _ authenticator: any Authenticator) {
         self.authenticator = authenticator
-        accepted = Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", "accepted")])
-        refused = Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", "refused")])
+        counters = ConnectDecisionCounters(method: method)
     }
 
     func authenticate(_ credentials: ConnectCredentials) async -> AuthenticationOutcome {
@@ -163,8 +169,8 @@ struct CountedAuthenticator: Authenticator {
 
     private func count(_ outcome: AuthenticationOutcome) -> AuthenticationOutcome {
         switch outcome {
-        case .accepted: accepted.increment()
-        case .rejected: refused.increment()
+        case .accepted: counters.accepted.increment()
+        case .rejected: counters.refused.increment()
         case .skipped: break
         }
         return outcome
@@ -176,35 +182,39 @@ struct CountedAuthenticator: Authenticator {
 /// Re-authentications count too: each is a decision on a credential.
 struct CountedEnhancedAuthenticator: EnhancedAuthenticator {
     let member: any EnhancedAuthenticator
+    /// By the names the member answers; only those reach it.
+    private let counters: [String: ConnectDecisionCounters]
 
-    init(_ member: any EnhancedAuthenticator) { self.member = member }
+    init(_ member: any EnhancedAuthenticator) {
+        self.member = member
+        counters = Dictionary(uniqueKeysWithValues: member.methods.map { ($0, ConnectDecisionCounters(method: $0)) })
+    }
 
     var methods: Set<String> { member.methods }
 
     func start(method: String, data: [UInt8], credentials: ConnectCredentials) async -> EnhancedAuthenticationStep {
-        Self.count(await member.start(method: method, data: data, credentials: credentials), method: method)
+        Self.count(await member.start(method: method, data: data, credentials: credentials), counters[method])
     }
 
     /// Counts a final step; a challenge's continuation counts the step that ends the exchange.
-    static func count(_ step: EnhancedAuthenticationStep, method: String) -> EnhancedAuthenticationStep {
-        let result: String
+    fileprivate static func count(
+        _ step: EnhancedAuthenticationStep, _ counters: ConnectDecisionCounters?
+    ) -> EnhancedAuthenticationStep {
         switch step {
-        case .accepted: result = "accepted"
-        case .rejected: result = "refused"
+        case .accepted: counters?.accepted.increment()
+        case .rejected: counters?.refused.increment()
         case .challenge(let data, let next):
-            return .challenge(data: data, next: Continuation(next: next, method: method))
+            return .challenge(data: data, next: Continuation(next: next, counters: counters))
         }
-        // Only names the member answers reach here, so the label's values stay few.
-        Counter(label: "gatehouse_connects_total", dimensions: [("method", method), ("result", result)]).increment()
         return step
     }
 
     private struct Continuation: EnhancedAuthenticationContinuation {
         let next: any EnhancedAuthenticationContinuation
-        let method: String
+        let counters: ConnectDecisionCounters?
 
         func respond(_ data: [UInt8]) async -> EnhancedAuthenticationStep {
-            CountedEnhancedAuthenticator.count(await next.respond(data), method: method)
+            CountedEnhancedAuthenticator.count(await next.respond(data), counters)
         }
     }
 }

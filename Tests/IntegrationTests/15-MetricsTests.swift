@@ -57,20 +57,10 @@ struct MetricsTests {
 
     @Test("a listener's own max_connections: its second client gets Quota exceeded while another listener accepts")
     func listenerConnectionLimit() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("broker-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let (broker, directory) = try BrokerProcess.withHTTPSide(mqttListeners: [
+            "{url: \"mqtt://127.0.0.1:0\", max_connections: 1}", "mqtt://127.0.0.1:0",
+        ])
         defer { try? FileManager.default.removeItem(at: directory) }
-        let config = directory.appendingPathComponent("gatehouse.yaml")
-        try """
-        listeners:
-          - url: mqtt://127.0.0.1:0
-            max_connections: 1
-          - mqtt://127.0.0.1:0
-          - http://127.0.0.1:0
-        allow_anonymous: true
-        sys_interval: 0
-        """.write(to: config, atomically: true, encoding: .utf8)
-        let broker = try BrokerProcess(arguments: ["--config", config.path], listeners: [], listenerCount: 3)
         try await broker.waitUntilListening()
         // The MQTT listeners bind in the order declared.
         let mqttPorts = broker.log.matches(of: /listening on mqtt:\/\/127\.0\.0\.1:(\d+)/).map { String($0.1) }

@@ -228,24 +228,26 @@ func iam(_ broker: BrokerProcess, _ arguments: [String], input: String? = nil) a
 }
 
 extension BrokerProcess {
-    /// An anonymous broker with an MQTT and an HTTP listener, configured in a fresh directory
-    /// (removed by the caller); `extra` adds YAML, given that directory.
+    /// An anonymous broker with MQTT listeners (`mqttListeners`, each a YAML list item: a URL
+    /// or a flow mapping) and an HTTP listener, configured in a fresh directory (removed by the
+    /// caller); `extra` adds YAML, given that directory.
     static func withHTTPSide(
-        environment: [String: String] = [:], extra: (URL) throws -> String = { _ in "" }
+        mqttListeners: [String] = ["mqtt://127.0.0.1:0"], environment: [String: String] = [:],
+        extra: (URL) throws -> String = { _ in "" }
     ) throws -> (BrokerProcess, URL) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("broker-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = directory.appendingPathComponent("gatehouse.yaml")
         try """
         listeners:
-          - mqtt://127.0.0.1:0
-          - http://127.0.0.1:0
+        \(mqttListeners.map { "  - \($0)\n" }.joined())  - http://127.0.0.1:0
         allow_anonymous: true
         sys_interval: 0
         \(try extra(directory))
         """.write(to: config, atomically: true, encoding: .utf8)
         let broker = try BrokerProcess(
-            arguments: ["--config", config.path], listeners: [], listenerCount: 2, environment: environment)
+            arguments: ["--config", config.path], listeners: [], listenerCount: mqttListeners.count + 1,
+            environment: environment)
         return (broker, directory)
     }
 }
