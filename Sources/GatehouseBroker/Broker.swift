@@ -63,6 +63,8 @@ public final class Broker: Sendable {
     let router: Router
     let registry: SessionRegistry
     let admission: ConnectionAdmission
+    /// Every connection's keep-alive, one wheel per event loop.
+    let keepAliveWheels = KeepAliveWheels<BrokerConnectionHandler>()
     let wills: WillScheduler
     let logger: Logger
 

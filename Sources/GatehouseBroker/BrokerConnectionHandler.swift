@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 public import GatehouseAuth
 public import Logging
@@ -5,11 +6,13 @@ public import MQTTCore
 public import NIOCore
 
 /// One client connection, on the connection's event loop: the adapter between the channel and
-/// the broker. `ConnectionProtocol` decides what each packet means; this carries it out
-/// (authentication, the session, routing, timers, encoding and flushing). Broker-wide state
-/// (sessions, subscriptions, retained messages) lives in `Broker`.
+/// the broker. It frames the inbound bytes into packets itself (a `ByteToMessageHandler` in
+/// front would cost every idle connection its handler, context and buffers, about 600 bytes);
+/// `ConnectionProtocol` decides what each packet means; this carries it out (authentication,
+/// the session, routing, timers, encoding and flushing). Broker-wide state (sessions,
+/// subscriptions, retained messages) lives in `Broker`.
 public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnection, @unchecked Sendable {
-    public typealias InboundIn = MQTTPacket
+    public typealias InboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
     private struct HeldAcknowledgement {
@@ -42,16 +45,24 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     }
 
     // Only touched on the event loop (hence @unchecked Sendable for the protocol's sake).
+    private var parser = MQTTPacketParser()
+    /// The bytes of a packet not yet whole; nil between packets, so that an idle connection
+    /// holds no buffer of its own.
+    private var partialPacket: ByteBuffer?
+    /// Set by a protocol violation in the byte stream: every later byte is dropped.
+    private var framingFailed = false
+    /// Larger packets are refused from their fixed header, before the body is read.
+    private let maximumPacketSize: Int
     private var connection: ConnectionProtocol
     private var attached: Attachment?
     /// The server's half of an enhanced authentication waiting for the client's AUTH.
-    private var exchange: (continuation: any EnhancedAuthenticationContinuation, purpose: ExchangePurpose)?
+    private var exchange: Boxed<(continuation: any EnhancedAuthenticationContinuation, purpose: ExchangePurpose)>?
     private var context: ChannelHandlerContext?
     private var deliveries = DeliveryBatch()
     /// Acknowledgements waiting for the store to commit what they promise, in the order they
     /// must go out [MQTT-4.6.0-2]; a ticket of 0 waits only for those ahead of it. One with a
     /// receipt may also go once its subscribers have acknowledged every stored copy.
-    private var heldAcknowledgements = CircularBuffer<HeldAcknowledgement>(initialCapacity: 1)
+    private var heldAcknowledgements = Deque<HeldAcknowledgement>()
     private var highestHeldTicket: UInt64 = 0
     private var urgentlyHeld = 0
     /// The highest ticket a `whenDurable` call is out for (0: none), and whether it was urgent.
@@ -67,9 +78,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var tally = TrafficTally()
     private var connectTimeoutTask: Scheduled<Void>?
     private var credentialExpiryTask: Scheduled<Void>?
-    /// Keep-alive: one timer per connection, re-armed from the time of the last packet, instead
-    /// of an extra pipeline handler. [MQTT-3.1.2-24]
-    private var keepAliveTask: Scheduled<Void>?
+    /// Keep-alive: the event loop's wheel checks `lastPacketAt + keepAliveTimeout`, instead of
+    /// a timer or a pipeline handler per connection. [MQTT-3.1.2-24]
+    private var keepAliveWheel: KeepAliveWheel<BrokerConnectionHandler>?
+    var keepAlivePosition: KeepAlivePosition?
     private var keepAliveTimeout = TimeAmount.zero
     private var lastPacketAt = NIODeadline.uptimeNanoseconds(0)
     /// This connection's publish decisions (its principal is fixed once connected).
@@ -80,9 +92,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private let connectTimeout: TimeAmount
     /// Verified by the TLS listener before the first MQTT byte; dropped once CONNECT has used
     /// it, as an idle connection should not carry its DER and names.
-    private var clientCertificate: ClientCertificate?
-    /// What the frame decoder in front of this handler has read off the wire.
-    private let inboundBytes: MQTTByteCount?
+    private var clientCertificate: Boxed<ClientCertificate>?
     /// The listener that accepted this connection, for its connection limit.
     private let listener: ListenerConnections?
     public let eventLoop: any EventLoop
@@ -92,17 +102,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         eventLoop: any EventLoop,
         connectTimeout: TimeAmount,
         clientCertificate: ClientCertificate? = nil,
-        inboundBytes: MQTTByteCount? = nil,
+        maximumPacketSize: Int = MQTTFrameDecoder.protocolMaximumPacketSize,
         listener: ListenerConnections? = nil,
         logger: Logger
     ) {
         self.broker = broker
-        self.inboundBytes = inboundBytes
+        self.maximumPacketSize = maximumPacketSize
         self.listener = listener
         self.connection = ConnectionProtocol(limits: broker.configuration)
         self.eventLoop = eventLoop
         self.connectTimeout = connectTimeout
-        self.clientCertificate = clientCertificate
+        self.clientCertificate = clientCertificate.map(Boxed.init)
         self.logger = ConnectionLogger(logger)
     }
 
@@ -120,7 +130,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     public func handlerRemoved(context: ChannelHandlerContext) {
         connectTimeoutTask?.cancel()
         credentialExpiryTask?.cancel()
-        keepAliveTask?.cancel()
+        keepAliveWheel?.remove(self)
         self.context = nil
     }
 
@@ -128,12 +138,31 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         inReadCycle = true
-        handle(unwrapInboundIn(data))
+        guard !framingFailed else { return }
+        var bytes = unwrapInboundIn(data)
+        if var partial = partialPacket {
+            partialPacket = nil
+            partial.writeBuffer(&bytes)
+            bytes = partial
+        }
+        let unread = bytes.readableBytes
+        do {
+            while let packet = try parser.parse(from: &bytes, maximumPacketSize: maximumPacketSize) {
+                handle(packet)
+            }
+        } catch {
+            framingFailed = true
+            tally.bytesReceived += unread - bytes.readableBytes
+            refuse(error)
+            return
+        }
+        tally.bytesReceived += unread - bytes.readableBytes
+        if bytes.readableBytes > 0 { partialPacket = bytes }
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
         // A packet arrived in this cycle (channelRead set the flag): the keep-alive restarts.
-        if inReadCycle, keepAliveTask != nil { lastPacketAt = eventLoop.now }
+        if inReadCycle, keepAliveWheel != nil { lastPacketAt = eventLoop.now }
         inReadCycle = false
         if drainPending {
             drainPending = false
@@ -145,10 +174,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         }
         deliveries.take().wake()
         awaitCommit()
-        if let inboundBytes {
-            tally.bytesReceived += inboundBytes.value
-            inboundBytes.value = 0
-        }
         tally.flush(into: broker.statistics)
         context.fireChannelReadComplete()
     }
@@ -231,7 +256,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 authenticate(request)
             }
         case .continueAuthentication(let data):
-            guard let (continuation, purpose) = exchange else { return }
+            guard let (continuation, purpose) = exchange?.value else { return }
             exchange = nil
             runExchangeStep(purpose) { await continuation.respond(data) }
         case .reauthenticate(let data):
@@ -255,14 +280,15 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Ended with a DISCONNECT and draining: what arrives now (the decoder refuses every byte
-        // after a violation) is dropped until the drain timer closes.
+        // Ended with a DISCONNECT and draining: what arrives now is dropped until the drain timer closes.
         if connection.phase == .closed { return }
-        guard let violation = error as? MQTTProtocolViolation else {
-            logger.debug("connection error", metadata: ["error": "\(error)"])
-            close(sendingDisconnect: nil)
-            return
-        }
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        close(sendingDisconnect: nil)
+    }
+
+    /// A packet that breaks the protocol: the connection ends with the violation's reason.
+    private func refuse(_ violation: MQTTProtocolViolation) {
+        if connection.phase == .closed { return }
         logger.info("protocol violation", metadata: ["violation": "\(violation)", "reason": "\(violation.reasonCode)"])
         perform(connection.violated(violation))
     }
@@ -281,7 +307,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             username: request.connect.username,
             password: request.connect.password,
             remoteAddress: context?.remoteAddress?.ipAddress,
-            clientCertificate: clientCertificate
+            clientCertificate: clientCertificate?.value
         )
         clientCertificate = nil
         let authenticator = broker.authenticator
@@ -346,7 +372,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard connection.phase == .authenticating || connection.phase == .connected else { return }
         switch (step, purpose) {
         case (.challenge(let data, let next), _):
-            exchange = (next, purpose)
+            exchange = Boxed((next, purpose))
             send(connection.challenge(data))
         case (.accepted(let principal, let data), .connect(let request)):
             finishConnect(request, outcome: .accepted(principal), authenticationData: data)
@@ -462,7 +488,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             // The client has one and a half keep-alive periods to send anything. [MQTT-3.1.2-24]
             keepAliveTimeout = .milliseconds(Int64(accepted.keepAlive) * 1_500)
             lastPacketAt = eventLoop.now
-            armKeepAlive(in: keepAliveTimeout)
+            let wheel = broker.keepAliveWheels.wheel(for: eventLoop)
+            keepAliveWheel = wheel
+            wheel.watch(self)
         }
         armCredentialExpiry(principal)
         logger.debug(
@@ -474,18 +502,6 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         sessionHasOutput()
         deliveries.take().wake()
         awaitCommit()
-    }
-
-    private func armKeepAlive(in delay: TimeAmount) {
-        keepAliveTask = eventLoop.scheduleTask(in: delay) { [self] in
-            let idle = eventLoop.now - lastPacketAt
-            guard idle >= keepAliveTimeout else {
-                armKeepAlive(in: keepAliveTimeout - idle)
-                return
-            }
-            logger.info("keep-alive timeout")
-            close(sendingDisconnect: .keepAliveTimeout)
-        }
     }
 
     // MARK: Connected
@@ -801,5 +817,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
             }
         }
         broker.connectionClosed(self, session: attached.session, on: eventLoop)
+    }
+}
+
+extension BrokerConnectionHandler: KeepAliveMember {
+    var keepAliveDeadline: NIODeadline? {
+        guard connection.phase == .connected, keepAliveTimeout > .zero else { return nil }
+        return lastPacketAt + keepAliveTimeout
+    }
+
+    func keepAliveExpired() {
+        logger.info("keep-alive timeout")
+        close(sendingDisconnect: .keepAliveTimeout)
     }
 }

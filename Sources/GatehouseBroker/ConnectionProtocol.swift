@@ -62,17 +62,39 @@ struct ConnectionProtocol {
         var pending: [MQTTPacket]
     }
 
-    let limits: BrokerConfiguration
+    /// The broker limits a connection's protocol decisions read: only these, so that each
+    /// connection does not carry the whole configuration.
+    struct Limits {
+        var maximumInflightMessages: Int
+        var maximumPacketSize: Int
+        var maximumTopicLevels: Int
+        var receiveMaximum: UInt16
+        var topicAliasMaximum: UInt16
+        var maximumKeepAlive: UInt16
+
+        init(_ configuration: BrokerConfiguration) {
+            maximumInflightMessages = configuration.maximumInflightMessages
+            maximumPacketSize = configuration.maximumPacketSize
+            maximumTopicLevels = configuration.maximumTopicLevels
+            receiveMaximum = configuration.receiveMaximum
+            topicAliasMaximum = configuration.topicAliasMaximum
+            maximumKeepAlive = configuration.maximumKeepAlive
+        }
+    }
+
+    let limits: Limits
     private(set) var phase = Phase.awaitingConnect
     /// 3.1.1 until a CONNECT says otherwise: a refusal before it is read by every version.
     private(set) var version = MQTTProtocolVersion.v311
     /// The CONNECT being authenticated; dropped once decided, so that an idle connection keeps
     /// neither its password nor its Will's payload twice.
-    private var request: ConnectRequest?
+    private var requestBox: Boxed<ConnectRequest>?
+    private var request: ConnectRequest? { requestBox?.value }
     private var pending: [MQTTPacket] = []
     private(set) var sessionExpiryInterval: UInt32 = 0
+    private var willBox: Boxed<MQTTPacket.Will>?
     /// Published when the connection ends, unless a normal DISCONNECT discarded it.
-    private(set) var will: MQTTPacket.Will?
+    var will: MQTTPacket.Will? { willBox?.value }
     private var inboundTopicAliases: [UInt16: String] = [:]
     var outboundTopicAliases = OutboundTopicAliases(maximum: 0)
     /// The client's Maximum Packet Size: larger messages are not sent to it. [MQTT-3.1.2-24]
@@ -83,7 +105,7 @@ struct ConnectionProtocol {
     private var awaitingClientAuthentication = false
     private(set) var reauthenticating = false
 
-    init(limits: BrokerConfiguration) { self.limits = limits }
+    init(limits: BrokerConfiguration) { self.limits = Limits(limits) }
 
     // MARK: Inbound packets
 
@@ -136,7 +158,7 @@ struct ConnectionProtocol {
             connect: connect, clientID: clientID, assignedIdentifier: assignedIdentifier,
             sessionExpiryInterval: expiry, receiveMaximum: receiveMaximum, authenticationMethod: authenticationMethod,
             authenticationData: connect.properties.authenticationData ?? [])
-        self.request = request
+        requestBox = Boxed(request)
         phase = .authenticating
         return .authenticate(request)
     }
@@ -217,7 +239,7 @@ struct ConnectionProtocol {
             sessionExpiryInterval = expiry
         }
         // A normal DISCONNECT discards the Will; 0x04 asks for it. [MQTT-3.1.2-10]
-        if disconnect.reasonCode != .disconnectWithWillMessage { will = nil }
+        if disconnect.reasonCode != .disconnectWithWillMessage { willBox = nil }
         return .disconnect(sessionExpiryInterval: expiry)
     }
 
@@ -268,7 +290,7 @@ struct ConnectionProtocol {
         let connect = request.connect
         phase = .connected
         sessionExpiryInterval = request.sessionExpiryInterval
-        will = connect.will
+        willBox = connect.will.map(Boxed.init)
         clientMaximumPacketSize = Int(connect.properties.maximumPacketSize ?? UInt32.max)
         outboundTopicAliases = OutboundTopicAliases(
             maximum: version == .v5 ? connect.properties.topicAliasMaximum ?? 0 : 0)
@@ -299,7 +321,7 @@ struct ConnectionProtocol {
                 properties: MQTTProperties(properties)))
         defer {
             pending = []
-            self.request = nil
+            requestBox = nil
         }
         return Accepted(connack: connack, keepAlive: keepAlive, pending: pending)
     }
@@ -307,7 +329,7 @@ struct ConnectionProtocol {
     private mutating func refusal(_ code: MQTTReasonCode) -> MQTTPacket {
         phase = .closed
         pending = []
-        request = nil
+        requestBox = nil
         return .connack(.init(reasonCode: code))
     }
 

@@ -2,8 +2,9 @@ import GatehouseAuth
 public import NIOCore
 
 /// One client's publish rate against its limits, as token buckets that hold one second's
-/// worth: a client may burst up to the rate, and is refused once it keeps above it.
-struct PublishRateLimit {
+/// worth: a client may burst up to the rate, and is refused once it keeps above it. A class,
+/// so that the connections without limits carry only an empty reference.
+final class PublishRateLimit {
     private var messages: TokenBucket?
     private var bytes: TokenBucket?
 
@@ -19,7 +20,7 @@ struct PublishRateLimit {
     }
 
     /// Whether a PUBLISH of `size` payload bytes at `now` stays within both limits.
-    mutating func admit(size: Int, now: NIODeadline) -> Bool {
+    func admit(size: Int, now: NIODeadline) -> Bool {
         let at = now.uptimeNanoseconds
         let withinMessages = messages?.take(now: at) ?? true
         let withinBytes = bytes?.take(Double(size), now: at) ?? true

@@ -1,4 +1,5 @@
 import Atomics
+import DequeModule
 import Foundation
 public import GatehouseAuth
 import Logging
@@ -124,9 +125,9 @@ public final class Session: @unchecked Sendable {
     private var receiveMaximum: Int
     /// By the filter as the client wrote it (`$share/g/a` and `a` are two subscriptions).
     private var subscriptionFilters: [String: SubscriptionEntry] = [:]
-    /// Starts at one slot and doubles: most sessions never queue, and the default 16 slots
-    /// were a third of an idle connection's memory.
-    private var queue = CircularBuffer<QueuedMessage>(initialCapacity: 1)
+    /// Empty without an allocation: most sessions never queue (CircularBuffer's default 16
+    /// slots were a third of an idle connection's memory, and even one slot is 176 bytes).
+    private var queue = Deque<QueuedMessage>()
     private var inflight: [UInt16: InflightMessage] = [:]
     /// Deliveries restored sessions left in the store, read when the client returns; until
     /// they are in memory nothing is sent, so that order and packet identifiers hold.
@@ -143,9 +144,9 @@ public final class Session: @unchecked Sendable {
     /// What the queued and in-flight messages hold, counted in the broker's memory budget.
     private var heldBytes = 0
     /// A Will waiting out its delay; a new connection to the session cancels it.
-    private var pendingWill: (message: WillMessage, dueAt: Int64)?
+    private var pendingWill: Boxed<(message: WillMessage, dueAt: Int64)>?
     /// The connected client's Will, kept in the store so that a crash of the broker does not lose it.
-    private var armedWill: (message: WillMessage, delay: UInt32)?
+    private var armedWill: Boxed<(message: WillMessage, delay: UInt32)>?
     /// How many connections have attached, so that a timer set at one disconnect can tell
     /// whether the session has been resumed (and perhaps left again) since.
     private var attachments: UInt64 = 0
@@ -299,10 +300,10 @@ public final class Session: @unchecked Sendable {
         for index in queue.indices where queue[index].qos != .atMostOnce {
             writeWholeDeliveryLocked(&queue[index], to: storage)
         }
-        if let pendingWill {
+        if let pendingWill = pendingWill?.value {
             store.append(.willScheduled(clientID: clientID, message: pendingWill.message, dueAt: pendingWill.dueAt))
         }
-        if let armedWill {
+        if let armedWill = armedWill?.value {
             store.append(.willArmed(clientID: clientID, message: armedWill.message, delay: armedWill.delay))
         }
     }
@@ -360,7 +361,7 @@ public final class Session: @unchecked Sendable {
     /// The connection has a Will: the store keeps it while the session is persistent.
     func armWill(_ will: WillMessage, delay: UInt32) {
         lock.withLock {
-            armedWill = (will, delay)
+            armedWill = Boxed((will, delay))
             recordLocked(.willArmed(clientID: clientID, message: will, delay: delay))
         }
     }
@@ -377,7 +378,7 @@ public final class Session: @unchecked Sendable {
     /// `dueAt` is in seconds since 1970, for the store.
     func setPendingWill(_ will: WillMessage, dueAt: Int64) {
         lock.withLock {
-            pendingWill = (will, dueAt)
+            pendingWill = Boxed((will, dueAt))
             recordLocked(.willScheduled(clientID: clientID, message: will, dueAt: dueAt))
         }
     }
@@ -387,7 +388,7 @@ public final class Session: @unchecked Sendable {
     func takePendingWill(since count: UInt64? = nil) -> WillMessage? {
         lock.withLock {
             if let count, attachments != count { return nil }
-            guard let will = pendingWill else { return nil }
+            guard let will = pendingWill?.value else { return nil }
             pendingWill = nil
             recordLocked(.willCancelled(clientID: clientID))
             return will.message
@@ -487,7 +488,7 @@ public final class Session: @unchecked Sendable {
     func dropUnreadable(by authorizer: any Authorizer) -> Int {
         lock.withLock {
             let before = queue.count
-            var kept = CircularBuffer<QueuedMessage>(initialCapacity: max(1, before))
+            var kept = Deque<QueuedMessage>(minimumCapacity: before)
             for queued in queue {
                 if authorizer.authorize(_principal, .read, topic: queued.message.topic) == .accept {
                     kept.append(queued)
@@ -647,7 +648,7 @@ extension Session {
                 storage?.add(stored.bytes)
                 nextSequence = stored.lastSequence + 1
             }
-            if let will = stored.will { pendingWill = will }
+            if let will = stored.will { pendingWill = Boxed(will) }
         }
     }
 
@@ -695,7 +696,7 @@ extension Session {
             guard backlog == read, let storage else { return nil }
             backlog = nil
             storage.release(read.bytes)
-            var restored = CircularBuffer<QueuedMessage>(initialCapacity: max(1, deliveries.count + queue.count))
+            var restored = Deque<QueuedMessage>(minimumCapacity: deliveries.count + queue.count)
             for delivery in deliveries {
                 var message = delivery.message
                 message.storedID = delivery.messageID

@@ -180,7 +180,7 @@ public final class MQTTServer: Service {
             // A channel keeps its receive buffer while idle: start small (CONNECT and PINGREQ
             // are tiny) and let busy connections grow it.
             .childChannelOption(
-                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65_536)
             )
             .childChannelInitializer { channel in
                 let key = ObjectIdentifier(channel)

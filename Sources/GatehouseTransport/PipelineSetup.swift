@@ -50,8 +50,8 @@ extension ChannelHandlerContext {
 }
 
 extension ChannelPipeline.SynchronousOperations {
-    /// The MQTT part of every pipeline: frame decoder, then the connection handler. TLS and
-    /// WebSocket handlers go in front of it, never inside.
+    /// The MQTT part of every pipeline: the connection handler, which frames the bytes itself.
+    /// TLS and WebSocket handlers go in front of it, never inside.
     public func configureMQTTServerPipeline(
         broker: Broker,
         eventLoop: any EventLoop,
@@ -60,15 +60,11 @@ extension ChannelPipeline.SynchronousOperations {
         connections: ListenerConnections? = nil,
         logger: Logger
     ) throws {
-        let framedBytes = MQTTByteCount()
-        try addHandler(
-            ByteToMessageHandler(
-                MQTTFrameDecoder(maximumPacketSize: limits.maximumPacketSize, framedBytes: framedBytes)))
         try addHandler(
             BrokerConnectionHandler(
                 broker: broker, eventLoop: eventLoop, connectTimeout: limits.connectTimeout,
-                clientCertificate: clientCertificate, inboundBytes: framedBytes, listener: connections,
-                logger: logger))
+                clientCertificate: clientCertificate, maximumPacketSize: limits.maximumPacketSize,
+                listener: connections, logger: logger))
     }
 
     /// The whole pipeline of a connection accepted on `listener`: TLS (mqtts, wss), then the

@@ -10,38 +10,23 @@ public struct MQTTFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     public var parser: MQTTPacketParser
     public let maximumPacketSize: Int
-    /// Where the bytes of every framed packet are added up, for whoever reports wire traffic.
-    public let framedBytes: MQTTByteCount?
 
     public init(
         parser: MQTTPacketParser = MQTTPacketParser(),
-        maximumPacketSize: Int = MQTTFrameDecoder.protocolMaximumPacketSize,
-        framedBytes: MQTTByteCount? = nil
+        maximumPacketSize: Int = MQTTFrameDecoder.protocolMaximumPacketSize
     ) {
         self.parser = parser
         self.maximumPacketSize = maximumPacketSize
-        self.framedBytes = framedBytes
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> MQTTPacket? {
-        let before = buffer.readableBytes
-        let packet = try parser.parse(from: &buffer, maximumPacketSize: maximumPacketSize)
-        framedBytes?.value += before - buffer.readableBytes
-        return packet
+        try parser.parse(from: &buffer, maximumPacketSize: maximumPacketSize)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MQTTPacket? {
         // A partial packet at EOF is dropped with the connection; there is nobody to answer.
         try decode(buffer: &buffer)
     }
-}
-
-/// A running byte count that a decoder adds to and its connection's handler reads, both on
-/// the connection's event loop.
-public final class MQTTByteCount {
-    public var value = 0
-
-    public init() {}
 }
 
 /// Encodes packets for a connection whose protocol version is fixed (clients, tests). The

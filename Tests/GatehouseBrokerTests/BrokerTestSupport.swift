@@ -48,19 +48,20 @@ final class TestConnection {
     private(set) var bytesSent = 0
     private(set) var bytesRead = 0
 
-    init(broker: Broker, version: MQTTProtocolVersion = .v5, connectTimeout: TimeAmount = .seconds(10)) async throws {
+    init(
+        broker: Broker, version: MQTTProtocolVersion = .v5, connectTimeout: TimeAmount = .seconds(10),
+        maximumPacketSize: Int = MQTTFrameDecoder.protocolMaximumPacketSize
+    ) async throws {
         let channel = NIOAsyncTestingChannel()
         self.channel = channel
         self.version = version
         self.parser = MQTTPacketParser(protocolVersion: version)
         try await channel.testingEventLoop.executeInContext {
-            let framedBytes = MQTTByteCount()
-            try channel.pipeline.syncOperations.addHandler(
-                ByteToMessageHandler(MQTTFrameDecoder(framedBytes: framedBytes)))
             try channel.pipeline.syncOperations.addHandler(
                 BrokerConnectionHandler(
                     broker: broker, eventLoop: channel.eventLoop, connectTimeout: connectTimeout,
-                    inboundBytes: framedBytes, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+                    maximumPacketSize: maximumPacketSize,
+                    logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
                 ))
         }
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1883)).get()

@@ -494,6 +494,40 @@ struct ConnectionHandlerTests {
         try await client.waitUntilClosed()
     }
 
+    @Test("the handler frames packets however the reads split them: byte by byte, several in one read")
+    func framingAcrossReads() async throws {
+        let broker = makeBroker()
+        let client = try await TestConnection(broker: broker)
+        try await client.connect(clientID: "c")
+        let subscribe = try MQTTPacket.subscribe(
+            .init(packetIdentifier: 7, subscriptions: [.init(topicFilter: "a/b", options: .init(qos: .atLeastOnce))])
+        ).encoded(version: .v5)
+        let ping = try MQTTPacket.pingreq.encoded(version: .v5)
+        var stream = subscribe
+        stream.writeImmutableBuffer(ping)
+        stream.writeImmutableBuffer(ping)
+        let bytes = Array(stream.readableBytesView)
+        // The SUBSCRIBE one byte per read, then its last byte with both PINGREQs.
+        for byte in bytes[..<(subscribe.readableBytes - 1)] { try await client.sendBytes([byte]) }
+        try await client.sendBytes(Array(bytes[(subscribe.readableBytes - 1)...]))
+        #expect(try await client.receive() == .suback(.init(packetIdentifier: 7, reasonCodes: [.grantedQoS1])))
+        #expect(try await client.receive() == .pingresp)
+        #expect(try await client.receive() == .pingresp)
+        // Every byte counted once, however it arrived.
+        #expect(broker.statistics.snapshot.bytesReceived == client.bytesSent)
+    }
+
+    @Test("an oversize packet is refused from its fixed header (0x95); later bytes are dropped")
+    func oversizeFromHeader() async throws {
+        let client = try await TestConnection(broker: makeBroker(), maximumPacketSize: 64)
+        try await client.connect(clientID: "c")
+        // PUBLISH announcing 1,000 bytes: refused before any of the body arrives.
+        try await client.sendBytes([0x30, 0xE8, 0x07])
+        #expect(try await client.receive() == .disconnect(.init(reasonCode: .packetTooLarge)))
+        _ = try? await client.sendBytes([0xC0, 0x00])
+        try await client.expectSilence()
+    }
+
     @Test("a second CONNECT is a protocol error")
     func secondConnect() async throws {
         let client = try await TestConnection(broker: makeBroker())

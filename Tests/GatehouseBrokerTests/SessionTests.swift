@@ -174,7 +174,7 @@ struct PublishRateLimitTests {
     @Test("messages and bytes: a second's worth at once, then the rate as time passes")
     func buckets() throws {
         let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
-        var limit = try #require(PublishRateLimit(messagesPerSecond: 10, bytesPerSecond: 1_000, now: start))
+        let limit = try #require(PublishRateLimit(messagesPerSecond: 10, bytesPerSecond: 1_000, now: start))
         /// How many of `count` messages of `size` bytes at `now` are admitted.
         func admitted(_ count: Int, size: Int = 10, at now: NIODeadline) -> Int {
             (0..<count).reduce(0) { total, _ in total + (limit.admit(size: size, now: now) ? 1 : 0) }
