@@ -1,4 +1,5 @@
 public import MQTTCore
+import NIOCore
 
 /// What one `gatehouse bench` run does, in the terms of emqtt-bench: how many clients of each
 /// kind, what they send, and where.
@@ -38,6 +39,9 @@ public struct BenchPlan: Sendable {
     public var scenario: Scenario
     public var host = "127.0.0.1"
     public var port = 1883
+    /// Local addresses the clients connect from, in turn (client n from the n-th, modulo): one
+    /// address reaches a listener from at most one port range's worth of connections.
+    public var sourceAddresses: [String] = []
     public var tls: TLS?
     public var protocolVersion = MQTTProtocolVersion.v5
     /// The client count for `conn`, `pub` and `sub`; the publishers for `pubsub`.
@@ -122,6 +126,9 @@ public struct BenchPlan: Sendable {
         if duration < 0 { return "--duration must not be negative" }
         if connectConcurrency < 1 { return "--connect-concurrency must be at least 1" }
         if threads < 1 { return "--threads must be at least 1" }
+        if let wrong = sourceAddresses.first(where: { (try? SocketAddress(ipAddress: $0, port: 0)) == nil }) {
+            return "--bind takes IP addresses: '\(wrong)' is not one"
+        }
         if scenario == .pub || scenario == .pubsub {
             let sample = Self.expand(topic, number: 1, clientIdentifier: clientIdentifier(number: 1, subscriber: false))
             if sample.contains("+") || sample.contains("#") { return "--topic must not hold wildcards for publishers" }

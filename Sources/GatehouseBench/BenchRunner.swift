@@ -185,7 +185,15 @@ struct BenchConnector: Sendable {
         let tls = tls
         let window = window
         let serverName = plan.tls?.serverName ?? (Self.isAddress(plan.host) ? nil : plan.host)
-        let bootstrap = ClientBootstrap(group: loop)
+        var bootstrap = ClientBootstrap(group: loop)
+        if !plan.sourceAddresses.isEmpty,
+            let source = try? SocketAddress(
+                ipAddress: plan.sourceAddresses[number % plan.sourceAddresses.count], port: 0)
+        {
+            bootstrap = bootstrap.bind(to: source)
+        }
+        bootstrap =
+            bootstrap
             .connectTimeout(.seconds(10))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in

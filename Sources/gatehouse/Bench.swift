@@ -56,7 +56,8 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "Clients (publishers for pubsub).") var count = 10
     @Option(help: "Subscribers of a pubsub run.") var subscribers = 1
     @Option(name: .shortAndLong, help: "Topic; %i is the client's number, %c its client id.") var topic = "bench/%i"
-    @Option(help: "The pubsub subscribers' filter (default: --topic with %i as +).") var filter: String?
+    @Option(help: "The subscribers' filter, %i and %c as in --topic (default: --topic with %i and %c as +).")
+    var filter: String?
     @Option(name: .shortAndLong, help: "QoS 0, 1 or 2.") var qos = 0
     @Option(name: .shortAndLong, help: "Payload bytes (at least 16).") var size = 64
     @Option(name: .shortAndLong, help: "Messages per second over all publishers; 0: as fast as the broker takes them.")
@@ -85,6 +86,11 @@ struct BenchOptions: ParsableArguments {
     var serverName: String?
     @Flag(help: "Do not verify the server's certificate.") var insecure = false
     @Option(help: "Connections being set up at once.") var connectConcurrency = 64
+    @Option(
+        help: ArgumentHelp(
+            "Local addresses to connect from, in turn (comma-separated): past one address's port range.",
+            valueName: "addresses"))
+    var bind: String?
     @Option(help: "Event loop threads of the load generator.") var threads = 1
     @Flag(help: "Print the summary as one JSON object.") var json = false
 
@@ -126,6 +132,7 @@ struct BenchOptions: ParsableArguments {
                 caFile: cafile, certificateFile: cert, keyFile: key, serverName: serverName, insecure: insecure)
         }
         plan.connectConcurrency = connectConcurrency
+        plan.sourceAddresses = bind.map { $0.split(separator: ",").map { String($0) } } ?? []
         plan.threads = threads
         if let problem = plan.validate() { throw ValidationError(problem) }
         return plan

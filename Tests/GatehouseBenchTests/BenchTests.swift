@@ -140,6 +140,11 @@ struct BenchPlanTests {
         #expect(plan.validate() == nil)
         plan.port = 0
         #expect(plan.validate()?.contains("--port") == true)
+        plan = BenchPlan(scenario: .conn)
+        plan.sourceAddresses = ["127.0.0.2", "::1"]
+        #expect(plan.validate() == nil)
+        plan.sourceAddresses.append("localhost")
+        #expect(plan.validate()?.contains("'localhost'") == true)
     }
 }
 

@@ -85,8 +85,10 @@ final class TestConnection {
 
     /// The next packet the broker writes. Testing event loops run tasks only when asked, and
     /// wakes arrive from other connections' loops, so this polls: run, look, wait a little.
+    /// The wait is long because authentication runs in a task, and on two cores the other
+    /// suites' blocking work (scrypt, child processes) has kept the task pool busy for over 5 s.
     func receive(
-        within timeout: Duration = .seconds(5),
+        within timeout: Duration = .seconds(20),
         sourceLocation: SourceLocation = #_sourceLocation
     ) async throws -> MQTTPacket {
         let clock = ContinuousClock()

@@ -99,6 +99,23 @@ struct BenchCommandTests {
         #expect(try await broker.stop() == 0)
     }
 
+    @Test("--bind spreads the clients over the given loopback source addresses")
+    func sourceAddresses() async throws {
+        let broker = try BrokerProcess(arguments: ["--allow-anonymous", "--sys-interval", "0", "--log-level", "debug"])
+        try await broker.waitUntilListening()
+        let (held, summary) = try await bench([
+            "conn", "-p", String(broker.port), "-c", "6", "-d", "1", "--bind", "127.0.0.2,127.0.0.3",
+        ])
+        #expect(held.status == 0, "\(held.standardOutput)\n\(held.standardError)")
+        #expect(summary["clients"] as? Int == 6)
+        #expect(try await broker.stop() == 0)
+        let connected = broker.log.split(separator: "\n").filter { $0.contains(" connected") }
+        #expect(connected.filter { $0.contains("127.0.0.2") }.count == 3, "\(connected)")
+        #expect(connected.filter { $0.contains("127.0.0.3") }.count == 3, "\(connected)")
+        let wrong = try await runGatehouse(["bench", "conn", "-c", "1", "--bind", "localhost"])
+        #expect(wrong.status != 0 && wrong.standardError.contains("--bind"))
+    }
+
     @Test("conn holds its connections; bad options exit non-zero naming the option")
     func connAndBadOptions() async throws {
         let broker = try BrokerProcess(arguments: ["--allow-anonymous", "--sys-interval", "0"])
