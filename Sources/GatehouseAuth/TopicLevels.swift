@@ -5,12 +5,23 @@ public struct TopicLevels: Sendable {
     public let levels: [Substring]
 
     /// Splits on UTF-8 bytes: `/` never occurs inside a multi-byte sequence, and walking bytes
-    /// avoids the grapheme-cluster work of splitting a String by Character.
+    /// avoids the grapheme-cluster work of splitting a String by Character. One pass and one
+    /// array: `split` then `map` cost a tenth of a PUBLISH's broker time.
     public init(_ name: String) {
         self.name = name
-        levels = name.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map {
-            Substring($0)
+        var levels: [Substring] = []
+        let bytes = name.utf8
+        var start = bytes.startIndex
+        var index = start
+        while index != bytes.endIndex {
+            if bytes[index] == UInt8(ascii: "/") {
+                levels.append(name[start..<index])
+                start = bytes.index(after: index)
+            }
+            bytes.formIndex(after: &index)
         }
+        levels.append(name[start..<index])
+        self.levels = levels
     }
 
     public var count: Int { levels.count }

@@ -40,6 +40,10 @@ public struct SubscriptionEntry: Sendable, Hashable {
 /// any thread while writers build the next one by copying the path they change.
 final class TrieNode: Sendable {
     let children: [String: TrieNode]
+    /// `children["+"]` and `children["#"]`, looked up once when the node is made rather than
+    /// hashed on every level of every PUBLISH.
+    let plusChild: TrieNode?
+    let hashChild: TrieNode?
     /// Subscriptions whose filter ends at this node, by client id.
     let subscribers: [String: SubscriptionEntry]
     /// Shared subscriptions ending at this node, by share name.
@@ -49,6 +53,8 @@ final class TrieNode: Sendable {
 
     init(children: [String: TrieNode], subscribers: [String: SubscriptionEntry], sharedGroups: [String: SharedGroup]) {
         self.children = children
+        self.plusChild = children["+"]
+        self.hashChild = children["#"]
         self.subscribers = subscribers
         self.sharedGroups = sharedGroups
     }
@@ -250,7 +256,7 @@ public struct SubscriptionTrie: Sendable {
         into result: inout Match
     ) {
         let wildcardsAllowed = !(index == 0 && isDollarTopic)
-        if wildcardsAllowed, let hash = node.children["#"] {
+        if wildcardsAllowed, let hash = node.hashChild {
             // `#` matches this level and everything below, including the parent itself.
             add(hash, publisher: publisher, into: &result)
         }
@@ -258,12 +264,12 @@ public struct SubscriptionTrie: Sendable {
             add(node, publisher: publisher, into: &result)
             return
         }
-        if wildcardsAllowed, let plus = node.children["+"] {
+        if wildcardsAllowed, let plus = node.plusChild {
             collect(
                 plus, levels: levels, index: index + 1, isDollarTopic: isDollarTopic, publisher: publisher,
                 into: &result)
         }
-        if let child = node.children[String(levels[index])] {
+        if !node.children.isEmpty, let child = node.children[String(levels[index])] {
             collect(
                 child, levels: levels, index: index + 1, isDollarTopic: isDollarTopic, publisher: publisher,
                 into: &result)
