@@ -205,6 +205,16 @@ public struct DeliveryBatch {
 private func onTheirLoops(
     _ connections: [any SessionConnection], _ body: @escaping @Sendable (any SessionConnection) -> Void
 ) {
+    // One connection (fan-in's usual case) needs no grouping.
+    if connections.count == 1 {
+        let connection = connections[0]
+        if connection.eventLoop.inEventLoop {
+            body(connection)
+        } else {
+            connection.eventLoop.execute { body(connection) }
+        }
+        return
+    }
     var byLoop: [ObjectIdentifier: (any EventLoop, [any SessionConnection])] = [:]
     for connection in connections {
         let key = ObjectIdentifier(connection.eventLoop)
