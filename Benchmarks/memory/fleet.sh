@@ -36,12 +36,14 @@ cleanup() {
 trap cleanup EXIT
 
 [ -x "$BINARY" ] || { echo "no broker binary at $BINARY (swift build -c release)" >&2; exit 2; }
-sources() { # count -> comma-separated loopback addresses, 25,000 connections each
+sources() { # count first -> comma-separated loopback addresses from 127.0.0.first, 25,000 connections each
     local addresses=() i
-    for i in $(seq 2 $((2 + ($1 - 1) / 25000))); do addresses+=("127.0.0.$i"); done
+    for i in $(seq "$2" $(($2 + ($1 - 1) / 25000))); do addresses+=("127.0.0.$i"); done
     local IFS=,
     echo "${addresses[*]}"
 }
+DEVICE_SOURCES=$(sources "$HALF" 2)
+OPERATOR_SOURCES=$(sources "$HALF" $((3 + (HALF - 1) / 25000)))
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 DATA="$WORK/data"
@@ -65,20 +67,22 @@ rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$BROKER/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$BROKER/stat"; }
 RSS_BEFORE=$(rss_kb)
 
-# Devices: fleet-sub-N subscribes to its own commands topic. Operators: fleet-pub-N sends to
-# device N, every INTERVAL ms, so that RATE messages a second reach HALF devices.
+# Devices: fleet-sub-N subscribes to its own commands topic. Operators: fleet-pub-N sends
+# EACH messages to device N, one every INTERVAL ms, so that RATE messages a second reach HALF
+# devices for about DURATION seconds; each device stops once it has its EACH.
 INTERVAL=$(awk -v n="$HALF" -v r="$RATE" 'BEGIN { printf "%.3f", n * 1000 / r }')
+EACH=$(((RATE * DURATION + HALF - 1) / HALF))
 common=(-p "$PORT" -c "$HALF" -q 1 -V 5 -k 300 --prefix fleet --connect-concurrency 128 --json)
 STARTED=$(date +%s.%N)
-"$BINARY" bench sub "${common[@]}" -u devices -P "$DEVICE_TOKEN" --bind "$(sources "$HALF")" \
-    --filter 'tenants/fleet/devices/%c/commands/in' -d $((DURATION + 60)) >"$WORK/devices.json" 2>"$WORK/devices.log" &
+"$BINARY" bench sub "${common[@]}" -u devices -P "$DEVICE_TOKEN" --bind "$DEVICE_SOURCES" \
+    --filter 'tenants/fleet/devices/%c/commands/in' -L "$EACH" -d 0 >"$WORK/devices.json" 2>"$WORK/devices.log" &
 DEVICES=$!
 PIDS+=("$DEVICES")
 # The devices are all subscribed once their progress line first appears.
 for _ in $(seq 1 600); do grep -q . "$WORK/devices.log" && break; sleep 0.5; done
 CONNECTED_DEVICES=$(date +%s.%N)
-"$BINARY" bench pub "${common[@]}" -u operators -P "$OPERATOR_TOKEN" --bind "$(sources "$CONNS" | cut -d, -f2-)" \
-    -t 'tenants/fleet/devices/fleet-sub-%i/commands/in' -I "$INTERVAL" -d "$DURATION" \
+"$BINARY" bench pub "${common[@]}" -u operators -P "$OPERATOR_TOKEN" --bind "$OPERATOR_SOURCES" \
+    -t 'tenants/fleet/devices/fleet-sub-%i/commands/in' -I "$INTERVAL" -L "$EACH" -d 0 \
     >"$WORK/operators.json" 2>"$WORK/operators.log" &
 OPERATORS=$!
 PIDS+=("$OPERATORS")
@@ -91,8 +95,8 @@ wait "$OPERATORS" || OPERATOR_STATUS=$?
 TICKS_AFTER=$(cpu_ticks)
 SECONDS_AFTER=$(date +%s.%N)
 RSS_END=$(rss_kb)
-# The devices have received everything once their count stops moving; then stop them.
-sleep 3
+# The devices stop by themselves once each has its messages; a minute more at most.
+for _ in $(seq 1 600); do kill -0 "$DEVICES" 2>/dev/null || break; sleep 0.1; done
 kill -INT "$DEVICES" 2>/dev/null || true
 DEVICE_STATUS=0
 wait "$DEVICES" || DEVICE_STATUS=$?
