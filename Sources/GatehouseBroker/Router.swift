@@ -93,7 +93,7 @@ public final class Router: Sendable {
         var reached = 0
         // Fan-out: encode the shared QoS 0 forms once instead of once per subscriber.
         var message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
-        for delivery in match.deliveries.values {
+        for delivery in match.deliveries {
             guard let session = delivery.session else { continue }
             reached += enqueue(&message, delivery, topic: topic, to: session, into: &batch)
         }

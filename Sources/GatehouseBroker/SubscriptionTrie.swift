@@ -131,16 +131,25 @@ public final class SharedGroup: Sendable {
 /// What one PUBLISH delivers to one client: overlapping subscriptions give one message at
 /// the highest QoS with every subscription identifier. [MQTT-3.3.5-1], [MQTT-3.3.4-3]
 public struct Delivery: Sendable {
+    public var clientID: String
     public var qos: MQTTQoS
     public var retainAsPublished: Bool
     public var subscriptionIdentifiers: [UInt32]
     public var session: Session?
 
     init(_ entry: SubscriptionEntry) {
+        clientID = entry.clientID
         qos = entry.options.qos
         retainAsPublished = entry.options.retainAsPublished
         subscriptionIdentifiers = entry.identifier.map { [$0] } ?? []
         session = entry.session
+    }
+
+    /// Another of the client's subscriptions matched too: the highest QoS, every identifier.
+    mutating func merge(_ entry: SubscriptionEntry) {
+        qos = max(qos, entry.options.qos)
+        retainAsPublished = retainAsPublished || entry.options.retainAsPublished
+        if let identifier = entry.identifier { subscriptionIdentifiers.append(identifier) }
     }
 }
 
@@ -242,9 +251,40 @@ public struct SubscriptionTrie: Sendable {
     }
 
     public struct Match: Sendable {
-        public var deliveries: [String: Delivery] = [:]
+        /// One per client, in the order first matched. An array, not a dictionary: most messages
+        /// reach few clients, and a client matched by two of its filters is rare; past
+        /// `indexedFrom` clients an index by client id keeps that check constant.
+        public private(set) var deliveries: [Delivery] = []
+        private var positions: [String: Int]?
         public var sharedGroups: [SharedGroup] = []
         public var isEmpty: Bool { deliveries.isEmpty && sharedGroups.isEmpty }
+        static var indexedFrom: Int { 16 }
+
+        /// The deliveries by client id.
+        public var byClient: [String: Delivery] {
+            Dictionary(uniqueKeysWithValues: deliveries.map { ($0.clientID, $0) })
+        }
+
+        /// Adds `entry`'s delivery, or merges it into the client's; `mayRepeat` false when the
+        /// caller knows the client is not here yet.
+        mutating func add(_ entry: SubscriptionEntry, mayRepeat: Bool) {
+            if mayRepeat, let position = position(of: entry.clientID) {
+                deliveries[position].merge(entry)
+                return
+            }
+            deliveries.append(Delivery(entry))
+            if positions != nil {
+                positions?[entry.clientID] = deliveries.count - 1
+            } else if deliveries.count == Self.indexedFrom {
+                positions = Dictionary(
+                    uniqueKeysWithValues: deliveries.enumerated().map { ($0.element.clientID, $0.offset) })
+            }
+        }
+
+        private func position(of clientID: String) -> Int? {
+            if let positions { return positions[clientID] }
+            return deliveries.firstIndex { $0.clientID == clientID }
+        }
     }
 
     private func collect(
@@ -277,18 +317,12 @@ public struct SubscriptionTrie: Sendable {
     }
 
     private func add(_ node: TrieNode, publisher: String?, into result: inout Match) {
-        result.sharedGroups.append(contentsOf: node.sharedGroups.values)
+        if !node.sharedGroups.isEmpty { result.sharedGroups.append(contentsOf: node.sharedGroups.values) }
+        // A node holds each client once: only clients matched at earlier nodes may repeat.
+        let mayRepeat = !result.deliveries.isEmpty
         for (clientID, entry) in node.subscribers {
             if entry.options.noLocal && clientID == publisher { continue }
-            let identifiers = entry.identifier.map { [$0] } ?? []
-            if var existing = result.deliveries[clientID] {
-                existing.qos = max(existing.qos, entry.options.qos)
-                existing.retainAsPublished = existing.retainAsPublished || entry.options.retainAsPublished
-                existing.subscriptionIdentifiers += identifiers
-                result.deliveries[clientID] = existing
-            } else {
-                result.deliveries[clientID] = Delivery(entry)
-            }
+            result.add(entry, mayRepeat: mayRepeat)
         }
     }
 

@@ -41,6 +41,25 @@ struct SubscriptionTrieTests {
         #expect(deliveries["d"]?.qos == .atLeastOnce)
     }
 
+    @Test("many overlapping clients: one delivery each, merged, past the match's index threshold too")
+    func manyOverlapping() {
+        var trie = SubscriptionTrie()
+        let clients = (0..<40).map { "c\($0)" }
+        for (number, client) in clients.enumerated() {
+            trie.insert(entry(client, .atMostOnce, id: UInt32(number * 2 + 1)), filter: "a/+")
+            trie.insert(entry(client, number.isMultiple(of: 2) ? .exactlyOnce : .atLeastOnce), filter: "a/#")
+            trie.insert(entry(client, .atLeastOnce, id: UInt32(number * 2 + 2)), filter: "a/b")
+        }
+        let match = trie.matchAll(topic: "a/b", publisherClientID: nil)
+        #expect(match.deliveries.count == clients.count)
+        #expect(Set(match.deliveries.map(\.clientID)) == Set(clients))
+        for (number, client) in clients.enumerated() {
+            let delivery = match.byClient[client]
+            #expect(delivery?.qos == (number.isMultiple(of: 2) ? .exactlyOnce : .atLeastOnce), "\(client)")
+            #expect(delivery?.subscriptionIdentifiers.sorted() == [UInt32(number * 2 + 1), UInt32(number * 2 + 2)])
+        }
+    }
+
     @Test("No Local hides the client's own messages from that subscription only")
     func noLocal() {
         var trie = SubscriptionTrie()
@@ -83,7 +102,7 @@ struct SubscriptionTrieTests {
         for topic in ["fleet/d1/status", "fleet/d2/status", "fleet/d1/x/y", "other"] {
             let expected = oneByOne.matchAll(topic: topic, publisherClientID: nil)
             let actual = bulk.matchAll(topic: topic, publisherClientID: nil)
-            #expect(actual.deliveries.mapValues(\.qos) == expected.deliveries.mapValues(\.qos), "\(topic)")
+            #expect(actual.byClient.mapValues(\.qos) == expected.byClient.mapValues(\.qos), "\(topic)")
             #expect(
                 actual.sharedGroups.map { $0.members.map(\.clientID) }
                     == expected.sharedGroups.map { $0.members.map(\.clientID) })
@@ -107,7 +126,7 @@ struct SubscriptionTrieTests {
         for member in ["a", "b", "c"] { trie.insert(entry(member), filter: filter) }
         trie.insert(entry("solo"), filter: "jobs/+")
         let match = trie.matchAll(topic: "jobs/1", publisherClientID: nil)
-        #expect(Set(match.deliveries.keys) == ["solo"])
+        #expect(Set(match.byClient.keys) == ["solo"])
         #expect(match.sharedGroups.count == 1)
         let group = try #require(match.sharedGroups.first)
         let firsts = (0..<6).compactMap { _ in group.rotation().first { _ in true }?.clientID }

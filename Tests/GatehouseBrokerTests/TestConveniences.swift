@@ -16,7 +16,7 @@ extension SubscriptionTrie {
     }
 
     func match(topic: String, publisherClientID: String?) -> [String: Delivery] {
-        matchAll(topic: topic, publisherClientID: publisherClientID).deliveries
+        matchAll(topic: topic, publisherClientID: publisherClientID).byClient
     }
 }
 
