@@ -2,10 +2,8 @@
 /// hold (a CONNECT under authentication, a Will, a client certificate): an idle connection then
 /// pays one pointer for the slot instead of the value's whole size. Replace the box to change
 /// the value, so that copies of the struct that holds it keep value semantics.
-final class Boxed<Value>: @unchecked Sendable {
+final class Boxed<Value> {
     let value: Value
 
     init(_ value: Value) { self.value = value }
 }
-
-extension Boxed: Sendable where Value: Sendable {}

@@ -20,7 +20,8 @@ struct KeepAlivePosition: Sendable, Equatable {
 
 /// The keep-alive deadlines of one event loop's connections, checked by one timer each tick
 /// rather than by a NIO timer per connection: a scheduled task (its closure, promise and heap
-/// entry) cost every idle connection about 350 bytes, a place here costs 8.
+/// entry) cost every idle connection about 300 bytes (4,141 → 3,846 B measured without it); a
+/// place here costs a slot in an array and the member's position.
 ///
 /// A member is filed under the tick of its deadline. When that tick comes the wheel asks it for
 /// its deadline again (a packet since has moved it on) and files it anew, or tells it that it

@@ -252,8 +252,9 @@ public struct SubscriptionTrie: Sendable {
 
     public struct Match: Sendable {
         /// One per client, in the order first matched. An array, not a dictionary: most messages
-        /// reach few clients, and a client matched by two of its filters is rare; past
-        /// `indexedFrom` clients an index by client id keeps that check constant.
+        /// reach few clients, and a client matched by two of its filters is rare. Only a lookup
+        /// (a second node adding clients) builds the index by client id, and only past
+        /// `indexedFrom` clients: a fan-out from one node hashes nothing.
         public private(set) var deliveries: [Delivery] = []
         private var positions: [String: Int]?
         public var sharedGroups: [SharedGroup] = []
@@ -273,17 +274,16 @@ public struct SubscriptionTrie: Sendable {
                 return
             }
             deliveries.append(Delivery(entry))
-            if positions != nil {
-                positions?[entry.clientID] = deliveries.count - 1
-            } else if deliveries.count == Self.indexedFrom {
+            positions?[entry.clientID] = deliveries.count - 1
+        }
+
+        private mutating func position(of clientID: String) -> Int? {
+            guard deliveries.count >= Self.indexedFrom else { return deliveries.firstIndex { $0.clientID == clientID } }
+            if positions == nil {
                 positions = Dictionary(
                     uniqueKeysWithValues: deliveries.enumerated().map { ($0.element.clientID, $0.offset) })
             }
-        }
-
-        private func position(of clientID: String) -> Int? {
-            if let positions { return positions[clientID] }
-            return deliveries.firstIndex { $0.clientID == clientID }
+            return positions?[clientID]
         }
     }
 
