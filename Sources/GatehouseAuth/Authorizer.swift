@@ -37,6 +37,9 @@ extension Authorizer {
 /// Telemetry goes to the same few topics over and over: a hit costs one dictionary lookup.
 public struct DecisionCache: Sendable {
     private var decisions: [String: Decision] = [:]
+    /// The last topic decided: a run of one topic (a device publishing, a fan-in into one
+    /// subscriber) compares strings instead of hashing each.
+    private var last: (topic: String, decision: Decision)?
     private var generation = -1
     private let capacity: Int
 
@@ -49,12 +52,19 @@ public struct DecisionCache: Sendable {
         guard current >= 0 else { return authorizer.authorize(principal, action, topic: topic) }
         if current != generation {
             decisions.removeAll(keepingCapacity: true)
+            last = nil
             generation = current
         }
-        if let known = decisions[topic.name] { return known }
-        let decision = authorizer.authorize(principal, action, topic: topic)
-        if decisions.count >= capacity { decisions.removeAll(keepingCapacity: true) }
-        decisions[topic.name] = decision
+        if let last, last.topic == topic.name { return last.decision }
+        let decision: Decision
+        if let known = decisions[topic.name] {
+            decision = known
+        } else {
+            decision = authorizer.authorize(principal, action, topic: topic)
+            if decisions.count >= capacity { decisions.removeAll(keepingCapacity: true) }
+            decisions[topic.name] = decision
+        }
+        last = (topic.name, decision)
         return decision
     }
 }

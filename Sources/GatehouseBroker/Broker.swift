@@ -296,7 +296,16 @@ public final class Broker: Sendable {
     /// Routes an accepted message whose topic is split in `topic`; see `Router.publish`.
     @discardableResult
     public func publish(_ message: RoutedMessage, topic: TopicLevels, into batch: inout DeliveryBatch) -> Int {
-        router.publish(message, topic: topic, into: &batch)
+        var noCache = MatchCache()
+        return router.publish(message, topic: topic, matches: &noCache, into: &batch)
+    }
+
+    /// Routes a connection's message, reusing its last match while it still holds.
+    @discardableResult
+    public func publish(
+        _ message: RoutedMessage, topic: TopicLevels, matches: inout MatchCache, into batch: inout DeliveryBatch
+    ) -> Int {
+        router.publish(message, topic: topic, matches: &matches, into: &batch)
     }
 
     /// Retained messages for a new subscription go to that session alone, flagged retained.

@@ -84,6 +84,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var lastPacketAt = NIODeadline.uptimeNanoseconds(0)
     /// This connection's publish decisions (its principal is fixed once connected).
     private var publishDecisions = DecisionCache()
+    /// The last routed PUBLISH's topic split into levels, and the clients it matched.
+    private var matchCache = MatchCache()
     private var publishRate: PublishRateLimit?
     private var logger: ConnectionLogger
     private let broker: Broker
@@ -560,7 +562,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 return
             }
         }
-        let levels = TopicLevels(topic)
+        // A client usually publishes to the same topic again: split it only when it changes.
+        let levels = matchCache.levels(of: topic)
         var code = connection.refusal(of: publish, topic: levels) ?? .success
         if code == .success, !broker.access.mayPublish(attached.principal, topic: levels, decisions: &publishDecisions)
         {
@@ -582,7 +585,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 deliveries.pendingReceipt = PendingReceipt(publisher: self)
             }
             deliveries.wroteToStore = false
-            if broker.publish(message, topic: levels, into: &deliveries) == 0 {
+            if broker.publish(message, topic: levels, matches: &matchCache, into: &deliveries) == 0 {
                 // A retained message is kept for later subscribers: not a drop.
                 if !publish.retain { broker.statistics.countDrop(.noSubscribers) }
                 code = .noMatchingSubscribers

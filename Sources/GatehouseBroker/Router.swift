@@ -83,19 +83,27 @@ public final class Router: Sendable {
 
     /// Routes an accepted message to every matching session the subscriber may read it in.
     /// Connections to wake go into `batch`, so the caller can wake each event loop once per
-    /// read cycle. Returns how many sessions it reached.
+    /// read cycle; `matches` is the publisher's last match. Returns how many sessions it reached.
     @discardableResult
-    func publish(_ message: RoutedMessage, topic: TopicLevels, into batch: inout DeliveryBatch) -> Int {
+    func publish(
+        _ message: RoutedMessage, topic: TopicLevels, matches: inout MatchCache, into batch: inout DeliveryBatch
+    ) -> Int {
         if message.retain, retained.store(message) { batch.wroteToStore = true }
         defer { forwarding?.forward(message) }
-        let match = subscriptions.snapshot.matchAll(topic: topic, publisherClientID: message.publisherClientID)
+        let match = subscriptions.matchAll(
+            topic: topic, publisherClientID: message.publisherClientID, cache: &matches)
         guard !match.isEmpty else { return 0 }
         var reached = 0
         // Fan-out: encode the shared QoS 0 forms once instead of once per subscriber.
-        var message = match.deliveries.count + match.sharedGroups.count > 1 ? message.encodingSharedForms() : message
+        let clients = match.deliveries.count + match.sharedGroups.count
+        var message = clients > 1 ? message.encodingSharedForms() : message
+        // A QoS 0 message to a few clients waits for the end of the read cycle, so that each
+        // session's lock is taken once per cycle; a fan-out takes each lock once per message anyway.
+        let mayWait = message.qos == .atMostOnce && clients <= DeliveryBatch.waitingClientsLimit
+        if !mayWait { batch.enqueueDeferred() }
         for delivery in match.deliveries {
             guard let session = delivery.session else { continue }
-            reached += enqueue(&message, delivery, topic: topic, to: session, into: &batch)
+            reached += enqueue(&message, delivery, topic: topic, to: session, mayWait: mayWait, into: &batch)
         }
         // Each shared group sends one copy, to the next member in turn that is connected (or,
         // if none is, to the next member at all, whose session queues it).
@@ -110,7 +118,7 @@ public final class Router: Sendable {
                 if chosen == nil { chosen = entry }
             }
             guard let chosen, let session = chosen.session else { continue }
-            reached += enqueue(&message, Delivery(chosen), topic: topic, to: session, into: &batch)
+            reached += enqueue(&message, Delivery(chosen), topic: topic, to: session, mayWait: mayWait, into: &batch)
         }
         if let id = message.storedID { storage?.store.append(.messageRouted(id)) }
         return reached
@@ -119,7 +127,8 @@ public final class Router: Sendable {
     /// Routes a message from outside any read cycle (a Will, `$SYS`) and wakes its subscribers.
     func publishNow(_ message: RoutedMessage) {
         var batch = DeliveryBatch()
-        publish(message, topic: TopicLevels(message.topic), into: &batch)
+        var noCache = MatchCache()
+        publish(message, topic: TopicLevels(message.topic), matches: &noCache, into: &batch)
         batch.wake()
     }
 
@@ -129,8 +138,18 @@ public final class Router: Sendable {
         _ delivery: Delivery,
         topic: TopicLevels,
         to session: Session,
+        mayWait: Bool,
         into batch: inout DeliveryBatch
     ) -> Int {
+        // QoS 0 is neither stored nor acknowledged, so it may wait (counted as reached; its
+        // read check comes when it is enqueued).
+        if mayWait {
+            let queued = QueuedMessage(
+                message: message, qos: .atMostOnce, retain: delivery.retainAsPublished && message.retain,
+                subscriptionIdentifiers: delivery.subscriptionIdentifiers)
+            batch.deferAtMostOnce(queued, topic: topic, to: session, readPermittedBy: access)
+            return 1
+        }
         let stored = StoredDelivery(
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
@@ -149,6 +168,7 @@ public final class Router: Sendable {
         identifier: UInt32?,
         into batch: inout DeliveryBatch
     ) {
+        batch.enqueueDeferred()
         for var message in messages {
             let delivery = StoredDelivery(
                 qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
@@ -162,10 +182,17 @@ public final class Router: Sendable {
     }
 }
 
-/// What routing within one read cycle leaves for its end: the connections to wake (once per
-/// event loop), the publishers whose held acknowledgements may go, and whether
-/// acknowledgements must wait for the store to commit.
+/// What routing within one read cycle leaves for its end: the QoS 0 deliveries to enqueue,
+/// the connections to wake (once per event loop), the publishers whose held acknowledgements
+/// may go, and whether acknowledgements must wait for the store to commit.
 public struct DeliveryBatch {
+    /// One session's QoS 0 deliveries, in order, enqueued under one lock.
+    private struct DeferredRun {
+        let session: Session
+        var deliveries: [(queued: QueuedMessage, topic: TopicLevels)]
+    }
+    private var deferred: [DeferredRun] = []
+    private var readAuthorizer: (any Authorizer)?
     private var wakes: [any SessionConnection] = []
     private var fulfilledReceipts: [any SessionConnection] = []
     /// Set when routing wrote to the store; the caller clears it once it has taken a ticket.
@@ -178,6 +205,38 @@ public struct DeliveryBatch {
     mutating func add(_ enqueued: Session.Enqueued) {
         if let wake = enqueued.wake { wakes.append(wake) }
         if enqueued.stored { wroteToStore = true }
+    }
+
+    /// How many clients a QoS 0 message may reach and still wait for the end of the read cycle.
+    static var waitingClientsLimit: Int { 8 }
+    static var waitingSessionsLimit: Int { 16 }
+
+    /// Holds a QoS 0 delivery until the end of the read cycle, or until a delivery that must
+    /// follow it is enqueued. Each session has one run, found by a short scan: waiting
+    /// messages reach few clients.
+    mutating func deferAtMostOnce(
+        _ queued: QueuedMessage, topic: TopicLevels, to session: Session, readPermittedBy authorizer: any Authorizer
+    ) {
+        readAuthorizer = authorizer
+        if let run = deferred.lastIndex(where: { $0.session === session }) {
+            deferred[run].deliveries.append((queued, topic))
+            return
+        }
+        // Many sessions in one cycle (a gateway publishing for many devices): enqueue those
+        // waiting rather than scan a long list for every delivery.
+        if deferred.count >= Self.waitingSessionsLimit { enqueueDeferred() }
+        deferred.append(DeferredRun(session: session, deliveries: [(queued, topic)]))
+    }
+
+    /// Enqueues the held QoS 0 deliveries, so that what is enqueued next comes after them.
+    mutating func enqueueDeferred() {
+        guard !deferred.isEmpty, let readAuthorizer else { return }
+        for run in deferred {
+            if let wake = run.session.enqueueAtMostOnce(run.deliveries, readPermittedBy: readAuthorizer) {
+                wakes.append(wake)
+            }
+        }
+        deferred.removeAll(keepingCapacity: true)
     }
 
     mutating func addFulfilledReceipt(_ publisher: any SessionConnection) {
@@ -193,8 +252,10 @@ public struct DeliveryBatch {
         return self
     }
 
-    /// Wakes each connection once, and tells each publisher, with one task per event loop.
-    public func wake() {
+    /// Enqueues what was held, then wakes each connection once and tells each publisher, with
+    /// one task per event loop.
+    public consuming func wake() {
+        enqueueDeferred()
         if !wakes.isEmpty { onTheirLoops(wakes) { $0.sessionHasOutput() } }
         if !fulfilledReceipts.isEmpty { onTheirLoops(fulfilledReceipts) { $0.deliveryReceiptsFulfilled() } }
     }

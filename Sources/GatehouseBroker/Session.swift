@@ -251,9 +251,13 @@ public final class Session: @unchecked Sendable {
     }
 
     private func releaseLocked(_ queued: QueuedMessage) {
-        guard !retired else { return }
-        heldBytes -= queued.storedSize
-        if let statistics { statistics.add(statistics.queuedBytes, -queued.storedSize) }
+        releaseLocked(bytes: queued.storedSize)
+    }
+
+    private func releaseLocked(bytes: Int) {
+        guard !retired, bytes != 0 else { return }
+        heldBytes -= bytes
+        if let statistics { statistics.add(statistics.queuedBytes, -bytes) }
     }
 
     /// Brings the store in line with whether the session should be there: a clean session
@@ -458,8 +462,7 @@ public final class Session: @unchecked Sendable {
                 return result
             }
             guard makeRoomLocked(for: queued) else { return result }
-            queued.sequence = nextSequence
-            nextSequence += 1
+            takeSequenceLocked(&queued)
             if let storage {
                 writeDeliveryLocked(&queued, to: storage)
                 message.storedID = queued.message.storedID  // the next session refers to the same row
@@ -475,12 +478,48 @@ public final class Session: @unchecked Sendable {
             }
             queue.append(queued)
             holdLocked(queued)
-            if let connection, !drainScheduled {
-                drainScheduled = true
-                result.wake = connection
-            }
+            result.wake = wakeLocked()
             return result
         }
+    }
+
+    /// Queues one read cycle's QoS 0 deliveries to this session under one lock (each still
+    /// read-checked): nothing of them is stored or acknowledged, so they may wait for the
+    /// cycle's end, and the publishers of a fan-in stop contending for the subscriber's lock
+    /// once per message. Returns the connection to wake, if any.
+    func enqueueAtMostOnce(
+        _ deliveries: [(queued: QueuedMessage, topic: TopicLevels)], readPermittedBy authorizer: any Authorizer
+    ) -> (any SessionConnection)? {
+        lock.withLock {
+            // Offline, QoS 0 is not kept.
+            guard connection != nil else { return nil }
+            var held = 0
+            for var (queued, topic) in deliveries {
+                guard readDecisions.decide(authorizer, _principal, .read, topic: topic) == .accept,
+                    makeRoomLocked(for: queued)
+                else { continue }
+                takeSequenceLocked(&queued)
+                held += queued.storedSize
+                queue.append(queued)
+            }
+            if !retired {
+                heldBytes += held
+                if let statistics { statistics.add(statistics.queuedBytes, held) }
+            }
+            return wakeLocked()
+        }
+    }
+
+    private func takeSequenceLocked(_ queued: inout QueuedMessage) {
+        queued.sequence = nextSequence
+        nextSequence += 1
+    }
+
+    /// The connection to wake for a new delivery: only the first since the last drain.
+    private func wakeLocked() -> (any SessionConnection)? {
+        guard let connection, !drainScheduled else { return nil }
+        drainScheduled = true
+        return connection
     }
 
     /// After an ACL reload: drops the queued (not yet sent) messages this session's principal
@@ -538,22 +577,28 @@ public final class Session: @unchecked Sendable {
                             : .publish(entry.queued, packetIdentifier: identifier, duplicate: true))
                 }
             }
-            while let next = queue.first {
-                if next.message.hasExpired(at: now) {
+            outgoing.reserveCapacity(queue.count)
+            var released = 0
+            defer { releaseLocked(bytes: released) }
+            // Each delivery is moved out of the queue, not copied and then removed: a copy costs
+            // a retain and a release of every reference the message holds.
+            while !queue.isEmpty {
+                let head = queue.startIndex
+                if queue[head].message.hasExpired(at: now) {
                     statistics?.countDrop(.expired)
-                    queue.removeFirst()
+                    let next = queue.removeFirst()
                     forgetDeliveryLocked(next)
-                    releaseLocked(next)
+                    released += next.storedSize
                     continue
                 }
-                if next.qos == .atMostOnce {
-                    queue.removeFirst()
-                    releaseLocked(next)
+                if queue[head].qos == .atMostOnce {
+                    let next = queue.removeFirst()
+                    released += next.storedSize
                     outgoing.append(.publish(next, packetIdentifier: 0, duplicate: false))
                     continue
                 }
                 guard inflight.count < receiveMaximum else { break }
-                queue.removeFirst()
+                let next = queue.removeFirst()
                 let identifier = allocatePacketIdentifier()
                 inflight[identifier] = InflightMessage(queued: next, released: false)
                 recordLocked(.deliverySent(clientID: clientID, sequence: next.sequence, packetIdentifier: identifier))

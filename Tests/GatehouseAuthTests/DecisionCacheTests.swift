@@ -35,6 +35,17 @@ struct DecisionCacheTests {
         #expect(authorizer.asked.load(ordering: .relaxed) == 6)
     }
 
+    @Test("alternating topics each keep their own decision")
+    func alternating() {
+        let authorizer = CountingAuthorizer()
+        var cache = DecisionCache()
+        let answers = ["a", "secret/x", "secret/x", "a", "secret/x"].map {
+            cache.decide(authorizer, someone, .read, topic: TopicLevels($0))
+        }
+        #expect(answers == [.accept, .reject, .reject, .accept, .reject])
+        #expect(authorizer.asked.load(ordering: .relaxed) == 2)
+    }
+
     @Test("an authorizer without a generation is never cached")
     func uncached() {
         var cache = DecisionCache()
