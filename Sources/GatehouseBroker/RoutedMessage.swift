@@ -2,17 +2,59 @@ public import MQTTCore
 public import NIOCore
 
 /// An accepted PUBLISH on its way to subscribers: immutable and shared by every delivery.
+///
+/// What the publisher sent sits behind one reference, so that each copy (into every
+/// subscriber's queue, out again to be written) counts one reference instead of one per
+/// string, buffer and property list. Setting a field makes a new one.
 public struct RoutedMessage: Sendable {
-    public var topic: String
-    public var payload: ByteBuffer
-    public var qos: MQTTQoS
-    public var retain: Bool
+    private struct Fields: Sendable {
+        var topic: String
+        var payload: ByteBuffer
+        var qos: MQTTQoS
+        var retain: Bool
+        var forwardedProperties: MQTTProperties
+        var publisherClientID: String?
+        var expiresAt: NIODeadline?
+    }
+
+    private final class Content: Sendable {
+        let fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var content: Content
+
+    public var topic: String {
+        get { content.fields.topic }
+        set { change { $0.topic = newValue } }
+    }
+    public var payload: ByteBuffer {
+        get { content.fields.payload }
+        set { change { $0.payload = newValue } }
+    }
+    public var qos: MQTTQoS {
+        get { content.fields.qos }
+        set { change { $0.qos = newValue } }
+    }
+    public var retain: Bool {
+        get { content.fields.retain }
+        set { change { $0.retain = newValue } }
+    }
     /// The 5.0 properties passed through to subscribers unchanged (payload format, content
     /// type, response topic, correlation data, user properties).
-    public var forwardedProperties: MQTTProperties
-    public var publisherClientID: String?
+    public var forwardedProperties: MQTTProperties {
+        get { content.fields.forwardedProperties }
+        set { change { $0.forwardedProperties = newValue } }
+    }
+    public var publisherClientID: String? {
+        get { content.fields.publisherClientID }
+        set { change { $0.publisherClientID = newValue } }
+    }
     /// When the Message Expiry Interval runs out; nil if it never does.
-    public var expiresAt: NIODeadline?
+    public var expiresAt: NIODeadline? {
+        get { content.fields.expiresAt }
+        set { change { $0.expiresAt = newValue } }
+    }
     /// The store's id once a persistent session holds it; nil while only memory does.
     public internal(set) var storedID: StoredMessageID?
     /// The QoS 0, non-retained wire forms, encoded once when the message fans out, so that
@@ -28,13 +70,16 @@ public struct RoutedMessage: Sendable {
         publisherClientID: String? = nil,
         expiresAt: NIODeadline? = nil
     ) {
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.forwardedProperties = forwardedProperties
-        self.publisherClientID = publisherClientID
-        self.expiresAt = expiresAt
+        content = Content(
+            Fields(
+                topic: topic, payload: payload, qos: qos, retain: retain, forwardedProperties: forwardedProperties,
+                publisherClientID: publisherClientID, expiresAt: expiresAt))
+    }
+
+    private mutating func change(_ body: (inout Fields) -> Void) {
+        var fields = content.fields
+        body(&fields)
+        content = Content(fields)
     }
 
     /// The message as a client published it: Topic Alias and Subscription Identifiers are
