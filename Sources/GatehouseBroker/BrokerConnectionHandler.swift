@@ -668,19 +668,23 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         let outgoing = session.takeOutgoing(now: now)
         guard !outgoing.isEmpty else { return }
         var buffer = context.channel.allocator.buffer(capacity: 256)
+        // Read and counted once per drain, not per message: each touch of the handler's state
+        // is a runtime exclusivity check.
+        let sharesFrames = connection.outboundTopicAliases.maximum == 0
+        var sent = 0
         for packet in outgoing {
             switch packet {
             case .pubrel(let identifier):
                 try? MQTTPacket.pubrel(.init(packetIdentifier: identifier)).write(
                     to: &buffer, version: version)
             case .publish(let queued, let identifier, let duplicate):
-                if queued.qos == .atMostOnce, !queued.retain, connection.outboundTopicAliases.maximum == 0,
+                if queued.qos == .atMostOnce, !queued.retain, sharesFrames,
                     version == .v311 || queued.subscriptionIdentifiers.isEmpty,
                     let shared = queued.message.sharedForms?.bytes(for: version)
                 {
                     guard shared.readableBytes <= maximumPacketSize else { continue }
                     buffer.writeImmutableBuffer(shared)
-                    tally.messagesSent += 1
+                    sent += 1
                     continue
                 }
                 var publish = queued.message.packet(
@@ -706,9 +710,10 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
                 }
                 // The client knows the alias only once a packet carrying it with the topic went out.
                 if let alias, alias.isNew { connection.outboundTopicAliases.assign(alias.alias, to: publish.topicName) }
-                tally.messagesSent += 1
+                sent += 1
             }
         }
+        tally.messagesSent += sent
         guard buffer.readableBytes > 0 else { return }
         tally.bytesSent += buffer.readableBytes
         context.write(wrapOutboundOut(buffer), promise: nil)

@@ -61,7 +61,12 @@ extension MQTTPacket.Publish {
         let duplicate = flags & 0b1000 != 0
         if duplicate && qos == .atMostOnce { throw .duplicateFlagOnQoS0 }  // [MQTT-3.3.1-2]
         let topicName = try reader.readString()
-        if topicName.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+        // Scanned as contiguous bytes where the string has them (a decoded one always does):
+        // stepping a String's UTF-8 view byte by byte cost a fortieth of a PUBLISH.
+        let isWildcard = { (byte: UInt8) in byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") }
+        if topicName.utf8.withContiguousStorageIfAvailable({ $0.contains(where: isWildcard) })
+            ?? topicName.utf8.contains(where: isWildcard)
+        {
             throw .wildcardInTopicName  // [MQTT-3.3.2-2]
         }
         let packetIdentifier = qos == .atMostOnce ? 0 : try reader.readPacketIdentifier()
