@@ -5,15 +5,16 @@ public import NIOCore
 ///
 /// What the publisher sent sits behind one reference, so that each copy (into every
 /// subscriber's queue, out again to be written) counts one reference instead of one per
-/// string, buffer and property list. Setting a field makes a new one.
+/// string, buffer and property list. Only the expiry is ever set after routing starts (a Will's
+/// counts from its publication), and setting it makes a new content object.
 public struct RoutedMessage: Sendable {
     private struct Fields: Sendable {
-        var topic: String
-        var payload: ByteBuffer
-        var qos: MQTTQoS
-        var retain: Bool
-        var forwardedProperties: MQTTProperties
-        var publisherClientID: String?
+        let topic: String
+        let payload: ByteBuffer
+        let qos: MQTTQoS
+        let retain: Bool
+        let forwardedProperties: MQTTProperties
+        let publisherClientID: String?
         var expiresAt: NIODeadline?
     }
 
@@ -24,36 +25,22 @@ public struct RoutedMessage: Sendable {
 
     private var content: Content
 
-    public var topic: String {
-        get { content.fields.topic }
-        set { change { $0.topic = newValue } }
-    }
-    public var payload: ByteBuffer {
-        get { content.fields.payload }
-        set { change { $0.payload = newValue } }
-    }
-    public var qos: MQTTQoS {
-        get { content.fields.qos }
-        set { change { $0.qos = newValue } }
-    }
-    public var retain: Bool {
-        get { content.fields.retain }
-        set { change { $0.retain = newValue } }
-    }
+    public var topic: String { content.fields.topic }
+    public var payload: ByteBuffer { content.fields.payload }
+    public var qos: MQTTQoS { content.fields.qos }
+    public var retain: Bool { content.fields.retain }
     /// The 5.0 properties passed through to subscribers unchanged (payload format, content
     /// type, response topic, correlation data, user properties).
-    public var forwardedProperties: MQTTProperties {
-        get { content.fields.forwardedProperties }
-        set { change { $0.forwardedProperties = newValue } }
-    }
-    public var publisherClientID: String? {
-        get { content.fields.publisherClientID }
-        set { change { $0.publisherClientID = newValue } }
-    }
+    public var forwardedProperties: MQTTProperties { content.fields.forwardedProperties }
+    public var publisherClientID: String? { content.fields.publisherClientID }
     /// When the Message Expiry Interval runs out; nil if it never does.
     public var expiresAt: NIODeadline? {
         get { content.fields.expiresAt }
-        set { change { $0.expiresAt = newValue } }
+        set {
+            var fields = content.fields
+            fields.expiresAt = newValue
+            content = Content(fields)
+        }
     }
     /// The store's id once a persistent session holds it; nil while only memory does.
     public internal(set) var storedID: StoredMessageID?
@@ -74,12 +61,6 @@ public struct RoutedMessage: Sendable {
             Fields(
                 topic: topic, payload: payload, qos: qos, retain: retain, forwardedProperties: forwardedProperties,
                 publisherClientID: publisherClientID, expiresAt: expiresAt))
-    }
-
-    private mutating func change(_ body: (inout Fields) -> Void) {
-        var fields = content.fields
-        body(&fields)
-        content = Content(fields)
     }
 
     /// The message as a client published it: Topic Alias and Subscription Identifiers are

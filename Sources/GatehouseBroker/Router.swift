@@ -100,7 +100,6 @@ public final class Router: Sendable {
         // A QoS 0 message to a few clients waits for the end of the read cycle, so that each
         // session's lock is taken once per cycle; a fan-out takes each lock once per message anyway.
         let mayWait = message.qos == .atMostOnce && clients <= DeliveryBatch.waitingClientsLimit
-        if !mayWait { batch.enqueueDeferred() }
         for delivery in match.deliveries {
             guard let session = delivery.session else { continue }
             reached += enqueue(&message, delivery, topic: topic, to: session, mayWait: mayWait, into: &batch)
@@ -141,22 +140,22 @@ public final class Router: Sendable {
         mayWait: Bool,
         into batch: inout DeliveryBatch
     ) -> Int {
-        // QoS 0 is neither stored nor acknowledged, so it may wait (counted as reached; its
-        // read check comes when it is enqueued).
-        if mayWait {
-            let queued = QueuedMessage(
-                message: message, qos: .atMostOnce, retain: delivery.retainAsPublished && message.retain,
-                subscriptionIdentifiers: delivery.subscriptionIdentifiers)
-            batch.deferAtMostOnce(queued, topic: topic, to: session, readPermittedBy: access)
-            return 1
-        }
         let stored = StoredDelivery(
             qos: min(message.qos, delivery.qos),
             retain: delivery.retainAsPublished && message.retain,
             subscriptionIdentifiers: delivery.subscriptionIdentifiers)
-        let enqueued = session.enqueue(
-            &message, stored, topic: topic, readPermittedBy: access, receipt: &batch.pendingReceipt)
-        batch.add(enqueued)
+        // QoS 0 is neither stored nor acknowledged, so it may wait (counted as reached; its
+        // read check comes when it is enqueued).
+        if mayWait {
+            let queued = QueuedMessage(
+                message: message, qos: stored.qos, retain: stored.retain,
+                subscriptionIdentifiers: stored.subscriptionIdentifiers)
+            batch.deferAtMostOnce(queued, topic: topic, to: session, readPermittedBy: access)
+            return 1
+        }
+        let enqueued = batch.enqueueNow { receipt in
+            session.enqueue(&message, stored, topic: topic, readPermittedBy: access, receipt: &receipt)
+        }
         return enqueued.accepted ? 1 : 0
     }
 
@@ -168,16 +167,15 @@ public final class Router: Sendable {
         identifier: UInt32?,
         into batch: inout DeliveryBatch
     ) {
-        batch.enqueueDeferred()
         for var message in messages {
             let delivery = StoredDelivery(
                 qos: min(message.qos, options.qos), retain: true, subscriptionIdentifiers: identifier.map { [$0] } ?? []
             )
-            var noReceipt = PendingReceipt()
-            batch.add(
-                session.enqueue(
+            batch.enqueueNow { _ in
+                var noReceipt = PendingReceipt()
+                return session.enqueue(
                     &message, delivery, topic: TopicLevels(message.topic), readPermittedBy: access, receipt: &noReceipt)
-            )
+            }
         }
     }
 }
@@ -202,9 +200,16 @@ public struct DeliveryBatch {
 
     public init() {}
 
-    mutating func add(_ enqueued: Session.Enqueued) {
+    /// Runs an enqueue that cannot wait, after the QoS 0 deliveries waiting before it, so that
+    /// each session's order holds whichever way its deliveries went; `enqueue` gets the
+    /// receipt of the message being routed.
+    @discardableResult
+    mutating func enqueueNow(_ enqueue: (inout PendingReceipt) -> Session.Enqueued) -> Session.Enqueued {
+        enqueueDeferred()
+        let enqueued = enqueue(&pendingReceipt)
         if let wake = enqueued.wake { wakes.append(wake) }
         if enqueued.stored { wroteToStore = true }
+        return enqueued
     }
 
     /// How many clients a QoS 0 message may reach and still wait for the end of the read cycle.
@@ -229,7 +234,7 @@ public struct DeliveryBatch {
     }
 
     /// Enqueues the held QoS 0 deliveries, so that what is enqueued next comes after them.
-    mutating func enqueueDeferred() {
+    private mutating func enqueueDeferred() {
         guard !deferred.isEmpty, let readAuthorizer else { return }
         for run in deferred {
             if let wake = run.session.enqueueAtMostOnce(run.deliveries, readPermittedBy: readAuthorizer) {

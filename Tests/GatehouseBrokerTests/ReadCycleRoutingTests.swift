@@ -90,6 +90,10 @@ struct ReadCycleRoutingTests {
                     matches: &matches, into: &batch)
             }
         }
+        // Each time 16 sessions wait, they go in: by now the first session holds both rounds,
+        // the last only round 0 (its round 1 still waits for the cycle's end).
+        #expect(subscribers.first?.0.queuedCount == 2)
+        #expect(subscribers.last?.0.queuedCount == 1)
         batch.take().wake()
         for (session, _) in subscribers { #expect(payloads(session) == ["0", "1"]) }
     }
