@@ -73,6 +73,9 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     private var flushPending = false
     /// Acknowledgements freed the in-flight window: drain once at read-complete.
     private var drainPending = false
+    /// The cycle's PUBACKs and PUBCOMPs, completed in one go at its end (or before the
+    /// session is drained or left), so that the session's lock is taken once for them.
+    private var acknowledgedOutbound: [UInt16] = []
     private var tally = TrafficTally()
     private var connectTimeoutTask: Scheduled<Void>?
     private var credentialExpiryTask: Scheduled<Void>?
@@ -164,6 +167,7 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         // A packet arrived in this cycle (channelRead set the flag): the keep-alive restarts.
         if inReadCycle, keepAliveWheel != nil { lastPacketAt = eventLoop.now }
         inReadCycle = false
+        completeAcknowledgedOutbound()
         if drainPending {
             drainPending = false
             sessionHasOutput()
@@ -510,17 +514,17 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         guard let session = attached?.session else { return }
         switch packet {
         case .puback(let ack):
-            if session.completeOutbound(ack.packetIdentifier, into: &deliveries) { drainPending = true }
+            acknowledgedOutbound.append(ack.packetIdentifier)
         case .pubrec(let ack):
             if ack.reasonCode.isFailure {
-                if session.completeOutbound(ack.packetIdentifier, into: &deliveries) { drainPending = true }
+                acknowledgedOutbound.append(ack.packetIdentifier)
             } else if session.releaseOutbound(ack.packetIdentifier) {
                 send(.pubrel(.init(packetIdentifier: ack.packetIdentifier)))
             } else {
                 send(.pubrel(.init(packetIdentifier: ack.packetIdentifier, reasonCode: .packetIdentifierNotFound)))
             }
         case .pubcomp(let ack):
-            if session.completeOutbound(ack.packetIdentifier, into: &deliveries) { drainPending = true }
+            acknowledgedOutbound.append(ack.packetIdentifier)
         case .pubrel(let ack):
             let known = session.releaseInboundQoS2(ack.packetIdentifier)
             send(
@@ -658,7 +662,14 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
     /// Drains the session into the socket: every packet into one buffer, one write, one flush.
     /// Nothing is taken while the channel is not writable, so a slow reader's backlog stays in
     /// its bounded session queue (QoS 0 dropped first) instead of the socket's buffers.
+    private func completeAcknowledgedOutbound() {
+        guard !acknowledgedOutbound.isEmpty, let session = attached?.session else { return }
+        if session.completeOutbound(acknowledgedOutbound, into: &deliveries) { drainPending = true }
+        acknowledgedOutbound.removeAll(keepingCapacity: true)
+    }
+
     public func sessionHasOutput() {
+        completeAcknowledgedOutbound()
         guard connection.phase == .connected, let session = attached?.session, let context,
             context.channel.isWritable, heldSubAcks == 0
         else { return }
@@ -804,7 +815,8 @@ public final class BrokerConnectionHandler: ChannelInboundHandler, SessionConnec
         broker.statistics.add(broker.statistics.clientsConnected, -1)
         if connection.version == .v5 { broker.statistics.add(broker.statistics.clientsConnectedV5, -1) }
         broker.admission.release(identity: attached.principal.identityID, on: listener)
-        // A PUBLISH read together with the DISCONNECT never reaches channelReadComplete.
+        // A PUBLISH (or PUBACK) read together with the DISCONNECT never reaches channelReadComplete.
+        completeAcknowledgedOutbound()
         deliveries.take().wake()
         tally.flush(into: broker.statistics)
         if attached.session.isAttached(to: self) { attached.session.disarmWill() }

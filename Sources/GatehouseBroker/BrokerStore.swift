@@ -12,6 +12,8 @@ public import NIOCore
 public protocol BrokerStore: AnyObject, Sendable {
     /// Hands one change to the store.
     func append(_ change: StoreChange)
+    /// Hands several changes to the store at once, in order.
+    func append(contentsOf changes: [StoreChange])
     /// A ticket covering every change appended before this call.
     func currentTicket() -> UInt64
     /// Runs `body` on `eventLoop` once every change covered by `ticket` is committed. Not
@@ -31,6 +33,10 @@ public protocol BrokerStore: AnyObject, Sendable {
 
 extension BrokerStore {
     public var isKeepingUp: Bool { true }
+
+    public func append(contentsOf changes: [StoreChange]) {
+        for change in changes { append(change) }
+    }
 
     public func whenDurable(_ ticket: UInt64, on eventLoop: any EventLoop, _ body: @escaping @Sendable () -> Void) {
         whenDurable(ticket, on: eventLoop, urgent: true, body)

@@ -578,6 +578,9 @@ public final class Session: @unchecked Sendable {
                 }
             }
             outgoing.reserveCapacity(queue.count)
+            // The drain's 'sent' records go to the store in one append.
+            let recordsSent = inStore && storage != nil
+            var sent: [StoreChange] = []
             var released = 0
             defer { releaseLocked(bytes: released) }
             // Each delivery is moved out of the queue, not copied and then removed: a copy costs
@@ -601,9 +604,13 @@ public final class Session: @unchecked Sendable {
                 let next = queue.removeFirst()
                 let identifier = allocatePacketIdentifier()
                 inflight[identifier] = InflightMessage(queued: next, released: false)
-                recordLocked(.deliverySent(clientID: clientID, sequence: next.sequence, packetIdentifier: identifier))
+                if recordsSent {
+                    sent.append(
+                        .deliverySent(clientID: clientID, sequence: next.sequence, packetIdentifier: identifier))
+                }
                 outgoing.append(.publish(next, packetIdentifier: identifier, duplicate: false))
             }
+            if let storage, !sent.isEmpty { storage.store.append(contentsOf: sent) }
             return outgoing
         }
     }
@@ -626,15 +633,35 @@ public final class Session: @unchecked Sendable {
     /// PUBACK, or PUBCOMP, or a failed PUBREC: the message leaves the window. A publisher whose
     /// held PUBACK waited for this copy goes into `batch`, to be told at the end of the cycle.
     func completeOutbound(_ identifier: UInt16, into batch: inout DeliveryBatch) -> Bool {
-        let done = lock.withLock {
-            guard let done = inflight.removeValue(forKey: identifier) else { return nil as InflightMessage? }
-            forgetDeliveryLocked(done.queued)
-            releaseLocked(done.queued)
-            return done
+        completeOutbound(CollectionOfOne(identifier), into: &batch)
+    }
+
+    /// One read cycle's completions under one lock, their store changes in one append: a
+    /// subscriber acknowledging a fan-in would otherwise take the lock the publishers enqueue
+    /// under once per message. Returns whether any identifier was in flight.
+    func completeOutbound(_ identifiers: some Sequence<UInt16>, into batch: inout DeliveryBatch) -> Bool {
+        lock.withLock {
+            var completed = false
+            var released = 0
+            var deleted: [StoreChange] = []
+            let stored = inStore && storage != nil
+            for identifier in identifiers {
+                guard let done = inflight.removeValue(forKey: identifier) else { continue }
+                completed = true
+                released += done.queued.storedSize
+                // Only QoS 1 and 2 are ever in flight.
+                if stored {
+                    deleted.append(.deliveryDeleted(clientID: clientID, sequence: done.queued.sequence))
+                }
+                if let publisher = done.queued.receipt?.acknowledged() { batch.addFulfilledReceipt(publisher) }
+            }
+            if let storage, !deleted.isEmpty {
+                storage.store.append(contentsOf: deleted)
+                storage.release(released)
+            }
+            releaseLocked(bytes: released)
+            return completed
         }
-        guard let done else { return false }
-        if let publisher = done.queued.receipt?.acknowledged() { batch.addFulfilledReceipt(publisher) }
-        return true
     }
 
     /// PUBREC: the message is delivered; PUBREL follows. Returns false for an unknown id.

@@ -64,7 +64,9 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
     // Guarded by `condition`:
     private var pending: [StoreChange] = []
     /// The ticket of the batch now filling; every change appended is in it or an earlier one.
-    private var openTicket: UInt64 = 1
+    /// Written under `condition` when a batch is taken, read without it: an appender's lock
+    /// orders its read after the take its changes missed.
+    private let openTicket = ManagedAtomic<UInt64>(1)
     private var committedTicket: UInt64 = 0
     private var waiters: [(ticket: UInt64, eventLoop: any EventLoop, urgent: Bool, body: @Sendable () -> Void)] = []
     private var stopping = false
@@ -216,10 +218,17 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         condition.unlock()
     }
 
-    public func currentTicket() -> UInt64 {
+    public func append(contentsOf changes: [StoreChange]) {
         condition.lock()
-        defer { condition.unlock() }
-        return openTicket
+        let before = pending.count
+        pending.append(contentsOf: changes)
+        let limit = settings.maximumBatch
+        if writerIdle || (before < limit && pending.count >= limit) { condition.signal() }
+        condition.unlock()
+    }
+
+    public func currentTicket() -> UInt64 {
+        openTicket.load(ordering: .acquiring)
     }
 
     public func whenDurable(
@@ -360,8 +369,7 @@ public final class SQLiteBrokerStore: BrokerStore, @unchecked Sendable {
         let changes = pending
         pending = []
         keepingUp.store(changes.count < 2 * settings.maximumBatch, ordering: .relaxed)
-        let ticket = openTicket
-        openTicket += 1
+        let ticket = openTicket.loadThenWrappingIncrement(ordering: .acquiringAndReleasing)
         return (changes, ticket)
     }
 

@@ -15,6 +15,12 @@ final class RecordingStore: BrokerStore, Sendable {
     private let recorded = NIOLockedValueBox<[StoreChange]>([])
     var changes: [StoreChange] { recorded.withLockedValue { $0 } }
     func append(_ change: StoreChange) { recorded.withLockedValue { $0.append(change) } }
+    /// The changes of each `append(contentsOf:)`, as they came.
+    let groups = NIOLockedValueBox<[[StoreChange]]>([])
+    func append(contentsOf changes: [StoreChange]) {
+        groups.withLockedValue { $0.append(changes) }
+        recorded.withLockedValue { $0.append(contentsOf: changes) }
+    }
     func currentTicket() -> UInt64 { 1 }
     func whenDurable(
         _ ticket: UInt64, on eventLoop: any EventLoop, urgent: Bool, _ body: @escaping @Sendable () -> Void
@@ -101,6 +107,46 @@ struct BrokerStoreTests {
             kinds(store.changes) == [
                 "opened", "subscribed jobs/#", "message", "queued", "routed", "sent", "acknowledged", "deleted",
             ])
+    }
+
+    @Test("PUBACKs read together complete together: one lock, one store append, the window refilled")
+    func acknowledgementsOfOneRead() async throws {
+        let store = RecordingStore()
+        let broker = broker(store: store)
+        let subscriber = try await TestConnection(broker: broker)
+        try await subscriber.connect(
+            clientID: "d", cleanStart: false, properties: [.sessionExpiryInterval(300), .receiveMaximum(2)])
+        _ = try await subscriber.subscribe("jobs/#")
+        let publisher = try await TestConnection(broker: broker)
+        try await publisher.connect(clientID: "pub")
+        for id in UInt16(1)...4 { try await publish(publisher, "jobs/\(id)", id: id) }
+        var identifiers: [UInt16] = []
+        for _ in 0..<2 {
+            guard case .publish(let delivered) = try await subscriber.receive() else {
+                throw TestFailure("expected PUBLISH")
+            }
+            identifiers.append(delivered.packetIdentifier)
+        }
+        try await subscriber.expectSilence()  // the window of 2 is full
+        var bytes = ByteBuffer()
+        for identifier in identifiers {
+            var one = try MQTTPacket.puback(.init(packetIdentifier: identifier)).encoded(version: .v5)
+            bytes.writeBuffer(&one)
+        }
+        try await subscriber.sendBytes(Array(bytes.readableBytesView))
+        var topics: [String] = []
+        for _ in 0..<2 {
+            guard case .publish(let delivered) = try await subscriber.receive() else {
+                throw TestFailure("expected PUBLISH")
+            }
+            topics.append(delivered.topicName)
+        }
+        #expect(topics == ["jobs/3", "jobs/4"])
+        let deletions = store.groups.withLockedValue { groups in
+            groups.map { group in group.filter { if case .deliveryDeleted = $0 { true } else { false } }.count }
+        }
+        #expect(deletions.contains(2), "the two acknowledgements reached the store in one append: \(deletions)")
+        #expect(kinds(store.changes).filter { $0 == "acknowledged" }.count == 2)
     }
 
     @Test("past max_stored_bytes new deliveries to persistent sessions are dropped and counted; acks free the room")

@@ -268,6 +268,36 @@ struct BatchCoalescingTests {
 }
 
 extension BatchCoalescingTests {
+    @Test("a session deleted and opened again in one batch keeps the new session's first delivery")
+    func sequencesStartAgain() {
+        let (kept, _) = BatchCoalescing.coalesce([
+            .messageSaved(1, message), .deliveryQueued(clientID: "a", sequence: 0, message: 1, delivery: delivery),
+            .messageRouted(1), .deliveryDeleted(clientID: "a", sequence: 0), .sessionDeleted(clientID: "a"),
+            .messageSaved(2, message), .deliveryQueued(clientID: "a", sequence: 0, message: 2, delivery: delivery),
+            .messageRouted(2), .deliveryDeleted(clientID: "a", sequence: 0),
+        ])
+        // The second delete cancels only the second queued row; the first pair cancelled itself.
+        #expect(summary(kept) == ["other"])
+        let (reopened, _) = BatchCoalescing.coalesce([
+            .deliveryQueued(clientID: "a", sequence: 0, message: 1, delivery: delivery),
+            .deliveryDeleted(clientID: "a", sequence: 0), .sessionDeleted(clientID: "a"),
+            .messageSaved(2, message), .deliveryQueued(clientID: "a", sequence: 0, message: 2, delivery: delivery),
+            .messageRouted(2),
+        ])
+        #expect(summary(reopened) == ["other", "saved 2", "queued a#0"])
+    }
+
+    @Test("'sent' and 'released' before a delete are dropped; a message saved with no delivery yet is collected")
+    func updatesBeforeDelete() {
+        let (kept, unheld) = BatchCoalescing.coalesce([
+            .deliverySent(clientID: "a", sequence: 5, packetIdentifier: 9),
+            .deliveryReleased(clientID: "a", sequence: 5),
+            .deliveryDeleted(clientID: "a", sequence: 5),
+            .messageSaved(3, message),
+        ])
+        #expect(summary(kept) == ["deleted a#5", "saved 3"] && unheld == [3])
+    }
+
     @Test("a delivery queued in an earlier batch and acknowledged in this one is only deleted")
     func sentThenDeleted() {
         let (kept, _) = BatchCoalescing.coalesce([
